@@ -1,0 +1,27 @@
+"""The ``dedgeai`` command: one typer app, one sub-app or command group per module.
+
+Exit codes (stable, for scripts):
+  0 done · 1 unexpected internal error · 2 bad input or configuration · 3 agent busy ·
+  4 task failed or cancelled · 5 agent unreachable
+"""
+
+from __future__ import annotations
+
+import typer
+
+from dedgeai.agent import cli_agent, cli_models, cli_sim
+
+app = typer.Typer(
+    name="dedgeai",
+    help="DEdgeAI: text-to-image on a cluster of edge GPUs, scheduled by LAD-TS.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(cli_sim.app, name="sim")
+cli_models.register(app)
+cli_agent.register(app)
+
+
+def main() -> None:
+    app()

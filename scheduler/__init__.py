@@ -1,0 +1,1 @@
+"""dedgeai.scheduler"""

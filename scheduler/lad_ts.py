@@ -1,0 +1,112 @@
+"""LAD-TS (§2): latent action diffusion actor + discrete SAC, one agent per edge server.
+
+Read top to bottom: the LADN ε-network (§2.1), the reverse chain of Eqn. (10) started from
+the stored latent action X_b[n] (§2.2, §2.3), the per-slot loop inherited from learner.py
+(§2.5, §2.7) and the discrete SAC update from dsac.py (§2.4). D2SAC-TS (§3.3) is the same
+model whose chain starts from fresh Gaussian noise at every call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dedgeai.scheduler.config import EnvConfig, LearnConfig, Switches
+from dedgeai.scheduler.dsac import DiscreteSAC, masked_probs, sample_actions, target_entropy_for
+from dedgeai.scheduler.learner import SlotLearner
+from dedgeai.scheduler.nets import StackedMLP, VPSchedule, sinusoidal_embedding
+
+
+# ==== LADN: the latent action diffusion network (§2.1, §2.2) ===================================
+class LADN(nn.Module):
+    """ε_θb(x_i, i, s) = softmax(MLP([x_i ‖ emb(i) ‖ s])) and the reverse chain, for A agents."""
+
+    def __init__(
+        self, n_agents: int, state_dim: int, n_actions: int, cfg: LearnConfig, generator: torch.Generator
+    ) -> None:
+        super().__init__()
+        self.n_actions, self.emb_dim = n_actions, cfg.time_emb_dim
+        self.eps_net = StackedMLP(n_agents, n_actions + cfg.time_emb_dim + state_dim, cfg.hidden, n_actions, generator)
+        self.schedule = VPSchedule(cfg.denoising_steps)
+        self.register_buffer(
+            "time_emb", torch.stack([sinusoidal_embedding(i, cfg.time_emb_dim) for i in range(cfg.denoising_steps)])
+        )
+        sch = self.schedule
+        consts = [sch.sqrt_recip_alphas_cumprod, sch.sqrt_recipm1_alphas_cumprod,
+                  sch.posterior_mean_coef1, sch.posterior_mean_coef2, sch.noise_std]
+        self._consts = [[float(v) for v in c] for c in consts]
+
+    def chain(
+        self, s: torch.Tensor, x_start: torch.Tensor, generator: torch.Generator, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Eqn. (10) from x_I = x_start down to x_0 (pre-softmax), reparameterised.
+
+        ``noise`` [I-1, *x_start.shape] fixes the z of every step (tests); drawn when None.
+        """
+        l1 = self.eps_net.l1
+        B, E = self.n_actions, self.emb_dim
+        w_x, w_t, w_s = l1.weight[:, :B], l1.weight[:, B : B + E], l1.weight[:, B + E :]
+        # The state and step parts of the first layer do not change along the chain: once.
+        h_s = torch.baddbmm(l1.bias, s, w_s)
+        h_t = torch.einsum("ie,aeh->aih", self.time_emb, w_t)  # [A, I, H]
+        sr, srm1, c1, c2, std = self._consts
+        if noise is None:
+            noise = torch.randn((self.schedule.n_steps - 1, *x_start.shape), generator=generator)
+        x = x_start
+        for i in reversed(range(self.schedule.n_steps)):
+            h = torch.baddbmm(h_s + h_t[:, i : i + 1], x, w_x).relu_()
+            h = self.eps_net.l2(h).relu_()
+            eps = torch.softmax(self.eps_net.l3(h), dim=-1)  # B7: ε is a probability vector
+            # x̂_0 = √(1/ᾱ_i) x_i − √(1/ᾱ_i − 1) ε   (predict_start_from_noise, clip_denoised=False)
+            # μ = coef1_i x̂_0 + coef2_i x_i          (q_posterior), folded into two scalars
+            x = (x * (c1[i] * sr[i] + c2[i])).sub_(eps, alpha=c1[i] * srm1[i])
+            if i > 0:  # x_{i−1} = μ + σ̃_i z; no noise at the last step
+                x = x.add_(noise[i - 1], alpha=std[i])
+        return x
+
+
+# ==== LAD-TS ==================================================================================
+class LADTS(SlotLearner):
+    """Each server's actor denoises its stored latent action X_b[n] into π (§2.3)."""
+
+    name = "lad"
+    NETWORKS = ("actor", "sac")
+    uses_memory = True
+    noise_start = False  # D2SAC-TS: start every chain from fresh N(0, I)
+
+    def __init__(
+        self, env: EnvConfig, learn: LearnConfig, switches: Switches, seed: int, n_agents: int | None = None
+    ) -> None:
+        super().__init__(env, learn, switches, seed, n_agents)
+        self.actor = LADN(self.n_agents, self.state_dim, self.n_actions, learn, self.generator)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=learn.actor_lr, fused=True)
+        self.sac = DiscreteSAC(
+            self.n_agents, self.state_dim, self.n_actions, learn, target_entropy_for(switches, self.n_actions),
+            self.generator,
+        )
+
+    def latent(self, s: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """x_0 for states s [A, M, sd], started from x (LAD) or from noise (D2SAC)."""
+        if self.noise_start or x is None:
+            x = torch.randn((*s.shape[:-1], self.n_actions), generator=self.generator)
+        return self.actor.chain(s, x, self.generator)
+
+    def probs(self, s: torch.Tensor, x: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_probs(self.latent(s, x), mask)  # π(·|s, x_I) = softmax(x_0)
+
+    def _decide(self, states, x_in, mask):  # type: ignore[no-untyped-def]
+        with torch.no_grad():
+            x0 = self.latent(states, x_in)
+            actions = sample_actions(masked_probs(x0, mask), self.generator)
+        return actions, x0
+
+    def _update(self, batch: dict[str, torch.Tensor], ready: torch.Tensor) -> dict[str, float]:
+        return self.sac.update(batch, ready, self.probs, self.actor_opt)
+
+
+class D2SACTS(LADTS):
+    """D2SAC-TS (§3.3) under LAD-TS's setup: the chain starts from Gaussian noise every call."""
+
+    name = "d2sac"
+    uses_memory = False
+    noise_start = True

@@ -1,0 +1,299 @@
+"""The scheduling policy as the agent daemon uses it: one server's agent, online.
+
+- ``OnlinePolicy.decide(states, mask, task_index)`` scores one task or a batch in one pass,
+  never picks a masked (down) server, and keeps this server's latent memory X_b[n].
+- Rewards arrive later (when a task's result is back): ``decide`` records a pending
+  transition per task id, ``complete(task_id, delay_s)`` fills in its reward; its next state is
+  the next decision this agent makes. ``train_step()`` runs one SAC/DQN update when warm.
+- Checkpoints are a torch file of tensors plus a JSON config string, read with
+  ``weights_only=True``; one made for another number of servers or another state layout is
+  refused with a message saying what differs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dedgeai.scheduler.config import EnvConfig, LearnConfig, Switches
+from dedgeai.scheduler.dqn_ts import DQNTS
+from dedgeai.scheduler.dsac import SACTS, masked_probs
+from dedgeai.scheduler.env import STATE_SCALE_S, state_dim
+from dedgeai.scheduler.errors import CheckpointError, ConfigurationError
+from dedgeai.scheduler.lad_ts import D2SACTS, LADTS
+from dedgeai.scheduler.learner import SlotLearner, latent_to_memory
+
+CHECKPOINT_FORMAT = "dedgeai-policy/1"
+POLICY_CLASSES: dict[str, type[SlotLearner]] = {"lad": LADTS, "d2sac": D2SACTS, "sac": SACTS, "dqn": DQNTS}
+MAX_PENDING = 10_000  # transitions waiting for a reward; the oldest are dropped beyond this
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """What a state vector means; a checkpoint only fits a policy with the same layout."""
+
+    n_servers: int
+    state_dim: int
+    inslot_load_in_state: bool
+    state_scaling: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: np.ndarray  # [K] target server per task
+    probs: np.ndarray  # [K, B] the policy's action probabilities (DQN: one-hot of greedy)
+
+
+def _from_dict(cls, data: dict):  # type: ignore[no-untyped-def]
+    known = {f.name for f in fields(cls)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+    return cls(**values)
+
+
+def select_agent(state: dict[str, torch.Tensor], agent: int, n_agents: int, per_slot_memory: bool) -> dict[str, torch.Tensor]:
+    """Slice one agent out of agent-stacked tensors (critics are stacked as 2A: both copies)."""
+    out = {}
+    for key, value in state.items():
+        if key == "memory":
+            out[key] = value[:, agent : agent + 1] if per_slot_memory else value[agent : agent + 1]
+        elif key.startswith(("sac.critics.", "sac.targets.")):
+            out[key] = value[[agent, n_agents + agent]]
+        elif value.dim() > 0 and value.shape[0] == n_agents:
+            out[key] = value[agent : agent + 1]
+        else:
+            out[key] = value
+    return out
+
+
+class OnlinePolicy:
+    """One server's scheduling agent for the daemon (agent index ``agent``)."""
+
+    def __init__(
+        self,
+        method: str,
+        env: EnvConfig,
+        agent: int,
+        switches: Switches | None = None,
+        learn: LearnConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        if method not in POLICY_CLASSES:
+            raise ConfigurationError(f"unknown learned policy {method!r}; choose from {', '.join(POLICY_CLASSES)}")
+        env.validate()
+        if not 0 <= agent < env.n_servers:
+            raise ConfigurationError(f"agent index {agent} outside 0..{env.n_servers - 1}")
+        self.method, self.env, self.agent = method, env, agent
+        self.switches = switches or Switches()
+        self.learn_cfg = learn or LearnConfig()
+        self.learner = POLICY_CLASSES[method](env, self.learn_cfg, self.switches, seed, n_agents=1)
+        self.layout = StateLayout(
+            env.n_servers, state_dim(env.n_servers, self.switches.inslot_load_in_state),
+            self.switches.inslot_load_in_state, self.switches.state_scaling,
+        )
+        self._pending: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._last_decided: list[str] = []
+        self.trained_steps = 0
+
+    # ---- state --------------------------------------------------------------------------------
+    def build_states(
+        self, task_mbit: np.ndarray, demand_gcycles: np.ndarray, backlog_gcycles: np.ndarray,
+        load_gcycles: np.ndarray, capacity_ghz: np.ndarray,
+    ) -> np.ndarray:
+        """States [K, state_dim] from telemetry, in the layout this policy was trained with."""
+        task_mbit = np.atleast_1d(np.asarray(task_mbit, dtype=np.float64))
+        demand = np.atleast_1d(np.asarray(demand_gcycles, dtype=np.float64))
+        if self.switches.state_scaling:
+            per_task = [task_mbit / 5.0, demand / 4.0]
+            shared = [backlog_gcycles / capacity_ghz / STATE_SCALE_S]
+            load = load_gcycles / capacity_ghz / STATE_SCALE_S
+        else:
+            per_task, shared, load = [task_mbit, demand], [np.asarray(backlog_gcycles, dtype=np.float64)], load_gcycles
+        if self.switches.inslot_load_in_state:
+            shared.append(np.asarray(load, dtype=np.float64))
+        shared_row = np.concatenate(shared)
+        k = task_mbit.size
+        return np.concatenate([np.stack(per_task, axis=1), np.broadcast_to(shared_row, (k, shared_row.size))], axis=1).astype(np.float32)
+
+    # ---- decisions ----------------------------------------------------------------------------
+    def decide(
+        self,
+        states: np.ndarray,
+        mask: np.ndarray | None = None,
+        task_index: np.ndarray | None = None,
+        task_ids: list[str] | None = None,
+    ) -> Decision:
+        """Choose a server for each of K tasks (states [K, sd] or [sd]); masked servers never.
+
+        ``task_index`` is each task's index n within the current interval (it selects X_b[n]);
+        ``task_ids`` records pending transitions to be completed by :meth:`complete`.
+        """
+        s = torch.as_tensor(np.atleast_2d(states), dtype=torch.float32)
+        K, B = s.shape[0], self.env.n_servers
+        if s.shape[1] != self.layout.state_dim:
+            raise ConfigurationError(f"state has {s.shape[1]} features; this policy expects {self.layout.state_dim}")
+        allowed = torch.ones(K, B, dtype=torch.bool) if mask is None else torch.as_tensor(np.broadcast_to(mask, (K, B)).copy(), dtype=torch.bool)
+        if not bool(allowed.any(dim=1).all()):
+            raise ConfigurationError("every server is masked for some task: nothing can run it")
+        index = np.arange(K) if task_index is None else np.asarray(task_index)
+        index = torch.as_tensor(index % self.env.max_tasks, dtype=torch.long)
+        learner = self.learner
+        x_in = None
+        rows = learner._memory_rows(0) if learner.memory is not None else None
+        if rows is not None:
+            x_in = rows[0, index].clone()[None]
+        actions, x0 = learner._decide(s[None], x_in, allowed[None])
+        with torch.no_grad():
+            if isinstance(learner, DQNTS):
+                probs = torch.nn.functional.one_hot(actions[0], B).float()
+            else:
+                probs = masked_probs(x0, allowed[None])[0] if x0 is not None else learner.probs(s[None], allowed[None])[0]
+        if rows is not None and x0 is not None:
+            rows[0, index] = latent_to_memory(x0[0], self.switches.memory_pre_softmax)
+        if task_ids is not None:
+            self._record(task_ids, s, actions[0], x_in[0] if x_in is not None else None)
+        return Decision(actions[0].numpy().copy(), probs.numpy().copy())
+
+    # ---- delayed rewards ----------------------------------------------------------------------
+    def _record(self, task_ids: list[str], s: torch.Tensor, actions: torch.Tensor, x: torch.Tensor | None) -> None:
+        for k, task_id in enumerate(task_ids):
+            # The previous decision's next state is this one (§1.6: the same agent's next task).
+            for prev in self._last_decided:
+                entry = self._pending.get(prev)
+                if entry is not None and "s2" not in entry:
+                    entry["s2"] = s[k]
+                    if x is not None:
+                        entry["x2"] = x[k]
+                    self._push_if_complete(prev)
+            entry = {"s": s[k], "a": actions[k].float()}
+            if x is not None:
+                entry["x"] = x[k]
+            self._pending[task_id] = entry
+            self._last_decided = [task_id]
+            while len(self._pending) > MAX_PENDING:
+                self._pending.popitem(last=False)
+
+    def complete(self, task_id: str, delay_s: float) -> bool:
+        """Give a recorded decision its reward (−delay); False if the id is unknown."""
+        entry = self._pending.get(task_id)
+        if entry is None:
+            return False
+        reward = -float(delay_s) / (STATE_SCALE_S if self.switches.reward_scaling else 1.0)
+        entry["r"] = torch.tensor(reward)
+        self._push_if_complete(task_id)
+        return True
+
+    def _push_if_complete(self, task_id: str) -> None:
+        entry = self._pending[task_id]
+        if "r" in entry and "s2" in entry:
+            del self._pending[task_id]
+            values = {k: v[None] for k, v in entry.items()}
+            self.learner.replay.add(torch.zeros(1, dtype=torch.long), **values)
+
+    @property
+    def buffered(self) -> int:
+        return int(self.learner.replay.size[0])
+
+    def train_step(self) -> dict[str, float] | None:
+        """One update when the buffer holds more than the warm-up; None otherwise."""
+        learner = self.learner
+        ready = learner.replay.size > self.learn_cfg.warmup
+        if not bool(ready.any()):
+            return None
+        metrics = learner._update(learner.replay.sample(self.learn_cfg.batch_size, learner.generator), ready)
+        learner.updates += 1
+        self.trained_steps += 1
+        return metrics
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def config(self) -> dict[str, object]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "method": self.method,
+            "agent": self.agent,
+            "n_agents": 1,
+            "layout": asdict(self.layout),
+            "env": asdict(self.env),
+            "switches": self.switches.as_dict(),
+            "learn": asdict(self.learn_cfg),
+            "trained_steps": self.trained_steps,
+        }
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, self.config(), self.learner.networks_state())
+
+    @classmethod
+    def load(
+        cls, path: str | Path, agent: int, expect: StateLayout | None = None, seed: int = 0
+    ) -> OnlinePolicy:
+        """Load a policy saved by ``save`` or by ``dedgeai sim train`` (agent row ``agent``)."""
+        config, state = load_checkpoint(path)
+        try:
+            env = _from_dict(EnvConfig, config["env"])
+            switches = _from_dict(Switches, config["switches"])
+            learn = _from_dict(LearnConfig, config["learn"])
+            method = str(config["method"])
+            n_agents = int(config["n_agents"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: checkpoint config is incomplete ({exc})") from exc
+        policy = cls(method, env, agent, switches, learn, seed)
+        if expect is not None and expect != policy.layout:
+            raise CheckpointError(
+                f"{path}: checkpoint made for {policy.layout.n_servers} servers with state layout "
+                f"{asdict(policy.layout)}, but this cluster needs {asdict(expect)}"
+            )
+        if n_agents != 1:
+            if agent >= n_agents:
+                raise CheckpointError(f"{path}: checkpoint has {n_agents} agents, no agent {agent}")
+            state = select_agent(state, agent, n_agents, switches.memory_per_slot)
+        try:
+            policy.learner.load_networks_state(state)
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"{path}: tensors do not fit a {method} policy: {exc}") from exc
+        policy.trained_steps = int(config.get("trained_steps", 0))
+        return policy
+
+
+def save_checkpoint(path: str | Path, config: dict[str, object], state: dict[str, torch.Tensor]) -> None:
+    """Write tensors + JSON config atomically (a crash never leaves half a checkpoint)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"config": json.dumps(config), "state": state}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        config = json.loads(blob["config"])
+        state = dict(blob["state"])
+    except Exception as exc:  # torch raises many types for a corrupt file; all mean the same
+        raise CheckpointError(f"{path}: not a readable policy checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format') if isinstance(config, dict) else None!r}")
+    return config, state
+
+
+def save_trained(path: str | Path, learner: SlotLearner, method: str, episodes: int, seed: int) -> None:
+    """Checkpoint every agent of a simulation run (``dedgeai sim train``)."""
+    env, switches = learner.env_cfg, learner.switches
+    config = {
+        "format": CHECKPOINT_FORMAT,
+        "method": method,
+        "n_agents": learner.n_agents,
+        "layout": asdict(StateLayout(env.n_servers, learner.state_dim, switches.inslot_load_in_state, switches.state_scaling)),
+        "env": asdict(env),
+        "switches": switches.as_dict(),
+        "learn": asdict(learner.cfg),
+        "episodes": episodes,
+        "seed": seed,
+        "trained_steps": learner.updates,
+    }
+    save_checkpoint(path, config, learner.networks_state())

@@ -1,0 +1,53 @@
+"""Summaries of learning curves: final level, ratio to Opt-TS, episodes to converge."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dedgeai.scheduler.simulate import EpisodeStats
+
+CONVERGENCE_TOLERANCE = 0.05  # "within 5 % of its final value"
+SMOOTHING_WINDOW = 10  # episodes; the paper's curves look smoothed
+
+
+def final_window(n_episodes: int) -> int:
+    """Episodes averaged for the final level: the last 50, or the last fifth of a short run."""
+    return max(1, min(50, n_episodes // 5)) if n_episodes < 250 else 50
+
+
+def smoothed(values: np.ndarray, window: int = SMOOTHING_WINDOW) -> np.ndarray:
+    """Trailing moving average (shorter at the start)."""
+    csum = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, values.size + 1)
+    lo = np.maximum(0, idx - window)
+    return (csum[idx] - csum[lo]) / (idx - lo)
+
+
+def convergence_episode(values: np.ndarray, final: float) -> int:
+    """First episode (1-based) from which the smoothed curve stays within 5 % of ``final``."""
+    curve = smoothed(values)
+    outside = np.flatnonzero(np.abs(curve - final) > CONVERGENCE_TOLERANCE * final)
+    return 1 if outside.size == 0 else int(outside[-1]) + 2
+
+
+def summarize(history: dict[str, list[EpisodeStats]]) -> dict[str, dict[str, float]]:
+    """Per method: final mean delay, p95, ratio to Opt-TS, convergence episode, speed."""
+    out: dict[str, dict[str, float]] = {}
+    for method, stats in history.items():
+        delays = np.array([s.mean_delay_s for s in stats])
+        k = final_window(delays.size)
+        final = float(delays[-k:].mean())
+        out[method] = {
+            "episodes": int(delays.size),
+            "final_window": k,
+            "final_mean_delay_s": final,
+            "final_p95_delay_s": float(np.mean([s.p95_delay_s for s in stats[-k:]])),
+            "first_episode_delay_s": float(delays[0]),
+            "converged_episode": convergence_episode(delays, final),
+            "offloaded_fraction": float(np.mean([s.offloaded_fraction for s in stats[-k:]])),
+            "seconds_per_episode_median": float(np.median([s.seconds for s in stats])),
+        }
+    if "opt" in out:
+        for row in out.values():
+            row["ratio_to_opt"] = row["final_mean_delay_s"] / out["opt"]["final_mean_delay_s"]
+    return out

@@ -1,0 +1,53 @@
+"""`dedgeai sim`: every method runs on the small preset and writes its files; bad input exits 2."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dedgeai.agent.cli import app
+from dedgeai.scheduler.policy import OnlinePolicy
+from dedgeai.scheduler.simulate import METHODS
+
+runner = CliRunner()
+
+
+def test_compare_small_preset_every_method(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sim", "compare", "--preset", "small", "--episodes", "3", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert len(rows) == 3 * len(METHODS)
+    assert {r["method"] for r in rows} == set(METHODS)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["methods"]) == set(METHODS)
+    assert summary["methods"]["opt"]["ratio_to_opt"] == pytest.approx(1.0)
+    assert (tmp_path / "learning.png").stat().st_size > 10_000
+
+
+def test_train_writes_a_loadable_policy(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["sim", "train", "--method", "lad", "--preset", "small", "--episodes", "3", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list(csv.DictReader((tmp_path / "metrics.csv").open()))) == 3
+    policy = OnlinePolicy.load(tmp_path / "policy.pt", agent=0)
+    assert policy.trained_steps > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sim", "train", "--method", "nope"], "unknown method"),
+        (["sim", "train", "--episodes", "0"], "--episodes must be > 0"),
+        (["sim", "train", "--servers", "1", "--episodes", "1"], "at least 2 edge servers"),
+        (["sim", "compare", "--methods", "lad,bogus", "--episodes", "1"], "unknown method"),
+        (["sim", "train", "--preset", "huge", "--episodes", "1"], "unknown preset"),
+    ],
+)
+def test_bad_arguments_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
