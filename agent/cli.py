@@ -7,9 +7,14 @@ Exit codes (stable, for scripts):
 
 from __future__ import annotations
 
-import typer
+import os
 
-from dedgeai.agent import cli_agent, cli_models, cli_sim
+# transformers warns about optional image processors that the text-to-image path never uses.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import typer  # noqa: E402
+
+from dedgeai.agent import cli_agent, cli_models, cli_sim  # noqa: E402
 
 app = typer.Typer(
     name="dedgeai",

@@ -46,9 +46,18 @@ class GenerationRequest:
             raise InvalidRequest(
                 f"prompt has {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}"
             )
-        if not isinstance(self.negative_prompt, str) or len(self.negative_prompt) > MAX_PROMPT_CHARS:
-            raise InvalidRequest(f"negative prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+        if (
+            not isinstance(self.negative_prompt, str)
+            or len(self.negative_prompt) > MAX_PROMPT_CHARS
+        ):
+            raise InvalidRequest(
+                f"negative prompt must be a string of at most {MAX_PROMPT_CHARS} characters"
+            )
+        if (
+            isinstance(self.steps, bool)
+            or not isinstance(self.steps, int)
+            or not 1 <= self.steps <= MAX_STEPS
+        ):
             raise InvalidRequest(f"steps must be an integer in 1..{MAX_STEPS}, got {self.steps!r}")
         for name, side in (("width", self.width), ("height", self.height)):
             if isinstance(side, bool) or not isinstance(side, int):
@@ -58,11 +67,19 @@ class GenerationRequest:
                     f"{name} must be a multiple of {SIDE_MULTIPLE_PX} in "
                     f"[{MIN_SIDE_PX}, {MAX_SIDE_PX}], got {side}"
                 )
-        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or not (
-            0.0 <= float(self.guidance) <= MAX_GUIDANCE
+        if (
+            isinstance(self.guidance, bool)
+            or not isinstance(self.guidance, (int, float))
+            or not (0.0 <= float(self.guidance) <= MAX_GUIDANCE)
         ):
-            raise InvalidRequest(f"guidance must be a number in [0, {MAX_GUIDANCE:g}], got {self.guidance!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise InvalidRequest(
+                f"guidance must be a number in [0, {MAX_GUIDANCE:g}], got {self.guidance!r}"
+            )
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed <= MAX_SEED
+        ):
             raise InvalidRequest(f"seed must be an integer in [0, 2**63-1], got {self.seed!r}")
         return self
 
@@ -129,11 +146,15 @@ class Backend(Protocol):
     name: str
     emulated: bool
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+    def generate(
+        self, request: GenerationRequest, on_step: StepCallback | None = None
+    ) -> GenerationResult:
         """Run one request to completion (or until on_step returns False)."""
         ...
 
-    def profile(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 4) -> SpeedProfile:
+    def profile(
+        self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 4
+    ) -> SpeedProfile:
         """Measure denoising steps per second at each size."""
         ...
 

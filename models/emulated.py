@@ -64,7 +64,9 @@ class EmulatedBackend:
         ref_w, ref_h = self.reference_size
         return (width * height) / (ref_w * ref_h) / self.steps_per_second
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+    def generate(
+        self, request: GenerationRequest, on_step: StepCallback | None = None
+    ) -> GenerationResult:
         request.validate()
         started = time.perf_counter()
         step_s = self.seconds_per_step(request.width, request.height)
@@ -88,7 +90,9 @@ class EmulatedBackend:
             emulated=True,
         )
 
-    def profile(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 4) -> SpeedProfile:
+    def profile(
+        self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 4
+    ) -> SpeedProfile:
         rates = {f"{w}x{h}": 1.0 / self.seconds_per_step(w, h) for w, h in sizes}
         return SpeedProfile(steps_per_second=rates, backend=self.name, emulated=True)
 
