@@ -10,7 +10,14 @@ from dedgeai.scheduler.report import smoothed
 from dedgeai.scheduler.simulate import METHOD_TITLES, EpisodeStats
 
 CSV_COLUMNS = (
-    "method", "episode", "mean_delay_s", "p95_delay_s", "n_decisions", "offloaded_fraction", "seconds", "updates",
+    "method",
+    "episode",
+    "mean_delay_s",
+    "p95_delay_s",
+    "n_decisions",
+    "offloaded_fraction",
+    "seconds",
+    "updates",
 )
 
 
@@ -49,7 +56,13 @@ def plot_learning(path: Path, history: dict[str, list[EpisodeStats]], title: str
         episodes = np.array([s.episode for s in stats])
         delays = np.array([s.mean_delay_s for s in stats])
         style = "--" if method == "opt" else "-"
-        ax.plot(episodes, smoothed(delays), style, label=METHOD_TITLES.get(method, method), linewidth=1.6)
+        ax.plot(
+            episodes,
+            smoothed(delays),
+            style,
+            label=METHOD_TITLES.get(method, method),
+            linewidth=1.6,
+        )
     ax.set_xlabel("episode")
     ax.set_ylabel("average service delay per task (s), 10-episode mean")
     ax.set_title(title, fontsize=10)

@@ -50,7 +50,9 @@ class Switches:
     """Each deviation from the authors' code is one switch (§5, §7). Defaults: corrected."""
 
     copy_fix: bool = True  # B1: store the conditioning input x_I, not a view of the output
-    memory_pre_softmax: bool = False  # B2: X_b[n] <- standardised x_0 (figure) / softmax(x_0) (code)
+    memory_pre_softmax: bool = (
+        False  # B2: X_b[n] <- standardised x_0 (figure) / softmax(x_0) (code)
+    )
     memory_per_slot: bool = False  # X indexed [t][b][n] (code) instead of [b][n] (paper)
     inslot_load_in_state: bool = True  # B4: state carries each server's in-slot load (see env)
     boundary_fix: bool = True  # B3: the last task's next state uses Q(t+1) after the update

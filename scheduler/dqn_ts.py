@@ -17,13 +17,22 @@ class DQNTS(SlotLearner):
     NETWORKS = ("q", "q_target")
 
     def __init__(
-        self, env: EnvConfig, learn: LearnConfig, switches: Switches, seed: int, n_agents: int | None = None
+        self,
+        env: EnvConfig,
+        learn: LearnConfig,
+        switches: Switches,
+        seed: int,
+        n_agents: int | None = None,
     ) -> None:
         scaling = switches.dqn_scaling
         switches = replace(switches, state_scaling=scaling, reward_scaling=scaling)
         super().__init__(env, learn, switches, seed, n_agents)
-        self.q = StackedMLP(self.n_agents, self.state_dim, learn.hidden, self.n_actions, self.generator)
-        self.q_target = StackedMLP(self.n_agents, self.state_dim, learn.hidden, self.n_actions, self.generator)
+        self.q = StackedMLP(
+            self.n_agents, self.state_dim, learn.hidden, self.n_actions, self.generator
+        )
+        self.q_target = StackedMLP(
+            self.n_agents, self.state_dim, learn.hidden, self.n_actions, self.generator
+        )
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
         self.opt = torch.optim.Adam(self.q.parameters(), lr=learn.dqn_lr, fused=True)
@@ -32,7 +41,9 @@ class DQNTS(SlotLearner):
         q = self.q(states)
         return q if mask is None else q.masked_fill(~mask, float("-inf"))
 
-    def _decide(self, states, x_in, mask):  # type: ignore[no-untyped-def]
+    def _decide(
+        self, states: torch.Tensor, x_in: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.no_grad():
             greedy = self.q_values(states, mask).argmax(-1)
             # ε-greedy with the torch generator, so the task stream is never consumed (§3.5).

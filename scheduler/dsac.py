@@ -45,7 +45,12 @@ class DiscreteSAC(torch.nn.Module):
     """Two critics, two targets and a temperature ξ per agent, all stacked."""
 
     def __init__(
-        self, n_agents: int, state_dim: int, n_actions: int, cfg: LearnConfig, target_entropy: float,
+        self,
+        n_agents: int,
+        state_dim: int,
+        n_actions: int,
+        cfg: LearnConfig,
+        target_entropy: float,
         generator: torch.Generator,
     ) -> None:
         super().__init__()
@@ -99,7 +104,9 @@ class DiscreteSAC(torch.nn.Module):
         actor_opt.step()
 
         # L_ξ = mean((H − H̄) ξ), gradient through ξ only
-        alpha_loss = (((ent.detach() - self.target_entropy).mean(1)) * self.log_alpha.exp() * weight).sum()
+        alpha_loss = (
+            ((ent.detach() - self.target_entropy).mean(1)) * self.log_alpha.exp() * weight
+        ).sum()
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.alpha_opt.step()
@@ -131,20 +138,33 @@ class SACTS(SlotLearner):
     NETWORKS = ("actor", "sac")
 
     def __init__(
-        self, env: EnvConfig, learn: LearnConfig, switches: Switches, seed: int, n_agents: int | None = None
+        self,
+        env: EnvConfig,
+        learn: LearnConfig,
+        switches: Switches,
+        seed: int,
+        n_agents: int | None = None,
     ) -> None:
         super().__init__(env, learn, switches, seed, n_agents)
-        self.actor = StackedMLP(self.n_agents, self.state_dim, learn.hidden, self.n_actions, self.generator)
+        self.actor = StackedMLP(
+            self.n_agents, self.state_dim, learn.hidden, self.n_actions, self.generator
+        )
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=learn.actor_lr, fused=True)
         self.sac = DiscreteSAC(
-            self.n_agents, self.state_dim, self.n_actions, learn, target_entropy_for(switches, self.n_actions),
+            self.n_agents,
+            self.state_dim,
+            self.n_actions,
+            learn,
+            target_entropy_for(switches, self.n_actions),
             self.generator,
         )
 
     def probs(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return masked_probs(self.actor(states), mask)
 
-    def _decide(self, states, x_in, mask):  # type: ignore[no-untyped-def]
+    def _decide(
+        self, states: torch.Tensor, x_in: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.no_grad():
             return sample_actions(self.probs(states, mask), self.generator), None
 

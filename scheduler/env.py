@@ -44,7 +44,11 @@ def make_system(cfg: EnvConfig) -> SystemParams:
     quality = np.random.RandomState(cfg.task_seed).randint(*cfg.quality_steps, size=cfg.max_tasks)
     result = np.random.RandomState(cfg.task_seed).uniform(*cfg.result_mbit, size=cfg.max_tasks)
     return SystemParams(
-        capacity.astype(np.float64), rate.astype(np.float64), density, quality.astype(np.float64), result
+        capacity.astype(np.float64),
+        rate.astype(np.float64),
+        density,
+        quality.astype(np.float64),
+        result,
     )
 
 
@@ -85,7 +89,9 @@ class ArrivalStream:
             for t in range(T):  # the draw order of main_*.py, which legacy reproduction needs
                 counts[t] = self._legacy.randint(1, N + 1, size=B)
                 for b in range(B):
-                    sizes[t, b, : counts[t, b]] = self._legacy.uniform(*cfg.task_mbit, size=counts[t, b])
+                    sizes[t, b, : counts[t, b]] = self._legacy.uniform(
+                        *cfg.task_mbit, size=counts[t, b]
+                    )
         else:
             rng = np.random.default_rng([self.seed, self._next_episode])
             counts = rng.integers(1, N + 1, size=(T, B))
@@ -157,7 +163,9 @@ def observe(
         per_task = [task_mbit, demand]
         queue, load = backlog, last_load
     shared = [queue] + ([load] if with_load else [])
-    shared_b = np.broadcast_to(np.concatenate(shared)[None, None, :], (B, N, sum(s.size for s in shared)))
+    shared_b = np.broadcast_to(
+        np.concatenate(shared)[None, None, :], (B, N, sum(s.size for s in shared))
+    )
     return np.concatenate([np.stack(per_task, axis=-1), shared_b], axis=-1).astype(np.float32)
 
 

@@ -7,6 +7,7 @@ honour a mask of unavailable servers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -24,6 +25,17 @@ class SlotView:
     task_mbit: np.ndarray  # [B, N_max]
     valid: np.ndarray  # [B, N_max]
     available: np.ndarray  # [B] bool: servers that may be chosen
+
+
+class Scheduler(Protocol):
+    """Anything that schedules one slot; learners also have ``learn`` and ``updates``."""
+
+    name: str
+    learns: bool
+
+    def act(self, view: SlotView) -> np.ndarray:
+        """Target server for every task of the slot, shape [B, N_max]."""
+        ...
 
 
 class OptTS:
@@ -48,9 +60,13 @@ class OptTS:
                 continue
             tx = view.task_mbit[b, :n_b, None] / R[None, :]
             tx[:, b] = 0.0  # (D1) no transfer when processed at the arrival server
-            fixed = tx + (system.demand[:n_b, None] / f + system.result_mbit[:n_b, None] / R) + blocked
+            fixed = (
+                tx + (system.demand[:n_b, None] / f + system.result_mbit[:n_b, None] / R) + blocked
+            )
             for n in range(n_b):
-                delays = fixed[n] + (view.backlog + load) / f  # (D2) the authors' order of operations
+                delays = (
+                    fixed[n] + (view.backlog + load) / f
+                )  # (D2) the authors' order of operations
                 a = int(delays.argmin())  # first minimum, as the authors' strict "<"
                 actions[b, n] = a
                 load[a] += system.demand[n]  # (D6)
@@ -126,7 +142,9 @@ class LeastBacklog:
         home = np.eye(B, dtype=bool)
         for n in range(N):
             tx = np.where(home, 0.0, view.task_mbit[:, n, None] / R[None, :])
-            delays = tx + (view.backlog + own_load + system.demand[n]) / f + system.result_mbit[n] / R
+            delays = (
+                tx + (view.backlog + own_load + system.demand[n]) / f + system.result_mbit[n] / R
+            )
             a = (delays + blocked).argmin(axis=1)
             actions[:, n] = a
             own_load[np.arange(B), a] += np.where(view.valid[:, n], system.demand[n], 0.0)

@@ -22,22 +22,41 @@ class LADN(nn.Module):
     """ε_θb(x_i, i, s) = softmax(MLP([x_i ‖ emb(i) ‖ s])) and the reverse chain, for A agents."""
 
     def __init__(
-        self, n_agents: int, state_dim: int, n_actions: int, cfg: LearnConfig, generator: torch.Generator
+        self,
+        n_agents: int,
+        state_dim: int,
+        n_actions: int,
+        cfg: LearnConfig,
+        generator: torch.Generator,
     ) -> None:
         super().__init__()
         self.n_actions, self.emb_dim = n_actions, cfg.time_emb_dim
-        self.eps_net = StackedMLP(n_agents, n_actions + cfg.time_emb_dim + state_dim, cfg.hidden, n_actions, generator)
+        self.eps_net = StackedMLP(
+            n_agents, n_actions + cfg.time_emb_dim + state_dim, cfg.hidden, n_actions, generator
+        )
         self.schedule = VPSchedule(cfg.denoising_steps)
         self.register_buffer(
-            "time_emb", torch.stack([sinusoidal_embedding(i, cfg.time_emb_dim) for i in range(cfg.denoising_steps)])
+            "time_emb",
+            torch.stack(
+                [sinusoidal_embedding(i, cfg.time_emb_dim) for i in range(cfg.denoising_steps)]
+            ),
         )
         sch = self.schedule
-        consts = [sch.sqrt_recip_alphas_cumprod, sch.sqrt_recipm1_alphas_cumprod,
-                  sch.posterior_mean_coef1, sch.posterior_mean_coef2, sch.noise_std]
+        consts = [
+            sch.sqrt_recip_alphas_cumprod,
+            sch.sqrt_recipm1_alphas_cumprod,
+            sch.posterior_mean_coef1,
+            sch.posterior_mean_coef2,
+            sch.noise_std,
+        ]
         self._consts = [[float(v) for v in c] for c in consts]
 
     def chain(
-        self, s: torch.Tensor, x_start: torch.Tensor, generator: torch.Generator, noise: torch.Tensor | None = None
+        self,
+        s: torch.Tensor,
+        x_start: torch.Tensor,
+        generator: torch.Generator,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Eqn. (10) from x_I = x_start down to x_0 (pre-softmax), reparameterised.
 
@@ -75,13 +94,22 @@ class LADTS(SlotLearner):
     noise_start = False  # D2SAC-TS: start every chain from fresh N(0, I)
 
     def __init__(
-        self, env: EnvConfig, learn: LearnConfig, switches: Switches, seed: int, n_agents: int | None = None
+        self,
+        env: EnvConfig,
+        learn: LearnConfig,
+        switches: Switches,
+        seed: int,
+        n_agents: int | None = None,
     ) -> None:
         super().__init__(env, learn, switches, seed, n_agents)
         self.actor = LADN(self.n_agents, self.state_dim, self.n_actions, learn, self.generator)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=learn.actor_lr, fused=True)
         self.sac = DiscreteSAC(
-            self.n_agents, self.state_dim, self.n_actions, learn, target_entropy_for(switches, self.n_actions),
+            self.n_agents,
+            self.state_dim,
+            self.n_actions,
+            learn,
+            target_entropy_for(switches, self.n_actions),
             self.generator,
         )
 
@@ -91,10 +119,14 @@ class LADTS(SlotLearner):
             x = torch.randn((*s.shape[:-1], self.n_actions), generator=self.generator)
         return self.actor.chain(s, x, self.generator)
 
-    def probs(self, s: torch.Tensor, x: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def probs(
+        self, s: torch.Tensor, x: torch.Tensor | None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return masked_probs(self.latent(s, x), mask)  # π(·|s, x_I) = softmax(x_0)
 
-    def _decide(self, states, x_in, mask):  # type: ignore[no-untyped-def]
+    def _decide(
+        self, states: torch.Tensor, x_in: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.no_grad():
             x0 = self.latent(states, x_in)
             actions = sample_actions(masked_probs(x0, mask), self.generator)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dedgeai.scheduler.config import EnvConfig, LearnConfig, Switches
-from dedgeai.scheduler.env import STATE_SCALE_S, SlotOutcome, SystemParams, observe, state_dim
+from dedgeai.scheduler.env import STATE_SCALE_S, SlotOutcome, observe, state_dim
 from dedgeai.scheduler.heuristics import SlotView
 from dedgeai.scheduler.replay import StackedReplay
 
@@ -69,8 +69,15 @@ class SlotLearner:
         A, B, N = self.n_agents, env.n_servers, env.max_tasks
         memory_shape = (env.n_slots, A, N, B) if switches.memory_per_slot else (A, N, B)
         # The memory starts as N(0, 1), drawn once and never reset between episodes (§2.3).
-        self.memory = torch.randn(memory_shape, generator=self.generator) if self.uses_memory else None
-        fields: dict[str, tuple[int, ...]] = {"s": (self.state_dim,), "a": (), "r": (), "s2": (self.state_dim,)}
+        self.memory = (
+            torch.randn(memory_shape, generator=self.generator) if self.uses_memory else None
+        )
+        fields: dict[str, tuple[int, ...]] = {
+            "s": (self.state_dim,),
+            "a": (),
+            "r": (),
+            "s2": (self.state_dim,),
+        }
         if self.uses_memory:
             fields |= {"x": (B,), "x2": (B,)}
         self.replay = StackedReplay(A, learn.buffer_size, fields)
@@ -164,7 +171,9 @@ class SlotLearner:
         ready = self.replay.size > self.cfg.warmup
         if bool(ready.any()):
             for _ in range(self.cfg.updates_per_slot):
-                metrics = self._update(self.replay.sample(self.cfg.batch_size, self.generator), ready)
+                metrics = self._update(
+                    self.replay.sample(self.cfg.batch_size, self.generator), ready
+                )
                 self.updates += 1
         return metrics
 
@@ -176,10 +185,17 @@ class SlotLearner:
         last = torch.arange(N)[None, :] == (valid.sum(dim=1) - 1)[:, None]
         if not self.switches.boundary_fix:
             next_view = replace(
-                next_view, backlog=np.zeros_like(next_view.backlog), last_load=np.zeros_like(next_view.last_load)
+                next_view,
+                backlog=np.zeros_like(next_view.backlog),
+                last_load=np.zeros_like(next_view.last_load),
             )
         s2[last] = self._states(next_view, first_only=True)[:, 0]
-        values = {"s": s[valid], "a": record.actions[valid].float(), "r": reward[valid], "s2": s2[valid]}
+        values = {
+            "s": s[valid],
+            "a": record.actions[valid].float(),
+            "r": reward[valid],
+            "s2": s2[valid],
+        }
         if self.memory is not None:
             # B1: the authors buffer views of the memory, so "x" ends up being the output.
             x = record.x_in if self.switches.copy_fix else record.x_out

@@ -20,8 +20,12 @@ class StackedLinear(nn.Module):
     def __init__(self, n_agents: int, d_in: int, d_out: int, generator: torch.Generator) -> None:
         super().__init__()
         bound = 1.0 / math.sqrt(d_in)  # nn.Linear's default initialisation, per agent
-        self.weight = nn.Parameter((torch.rand(n_agents, d_in, d_out, generator=generator) * 2 - 1) * bound)
-        self.bias = nn.Parameter((torch.rand(n_agents, 1, d_out, generator=generator) * 2 - 1) * bound)
+        self.weight = nn.Parameter(
+            (torch.rand(n_agents, d_in, d_out, generator=generator) * 2 - 1) * bound
+        )
+        self.bias = nn.Parameter(
+            (torch.rand(n_agents, 1, d_out, generator=generator) * 2 - 1) * bound
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
@@ -30,7 +34,9 @@ class StackedLinear(nn.Module):
 class StackedMLP(nn.Module):
     """d_in -> hidden -> ReLU -> hidden -> ReLU -> d_out, one independent copy per agent."""
 
-    def __init__(self, n_agents: int, d_in: int, hidden: int, d_out: int, generator: torch.Generator) -> None:
+    def __init__(
+        self, n_agents: int, d_in: int, hidden: int, d_out: int, generator: torch.Generator
+    ) -> None:
         super().__init__()
         self.l1 = StackedLinear(n_agents, d_in, hidden, generator)
         self.l2 = StackedLinear(n_agents, hidden, hidden, generator)
@@ -54,7 +60,9 @@ class VPSchedule:
     def __init__(self, n_steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> None:
         i = torch.arange(1, n_steps + 1, dtype=torch.float64)
         # β_i = 1 − exp(−β_min/I − ½(β_max−β_min)(2i−1)/I²)
-        self.betas = 1.0 - torch.exp(-beta_min / n_steps - 0.5 * (beta_max - beta_min) * (2 * i - 1) / n_steps**2)
+        self.betas = 1.0 - torch.exp(
+            -beta_min / n_steps - 0.5 * (beta_max - beta_min) * (2 * i - 1) / n_steps**2
+        )
         alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(alphas, dim=0)
         prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])

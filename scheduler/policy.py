@@ -16,6 +16,7 @@ import json
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,7 +30,13 @@ from dedgeai.scheduler.lad_ts import D2SACTS, LADTS
 from dedgeai.scheduler.learner import SlotLearner, latent_to_memory
 
 CHECKPOINT_FORMAT = "dedgeai-policy/1"
-POLICY_CLASSES: dict[str, type[SlotLearner]] = {"lad": LADTS, "d2sac": D2SACTS, "sac": SACTS, "dqn": DQNTS}
+POLICY_CLASSES: dict[str, type[SlotLearner]] = {
+    "lad": LADTS,
+    "d2sac": D2SACTS,
+    "sac": SACTS,
+    "dqn": DQNTS,
+}
+T = TypeVar("T")
 MAX_PENDING = 10_000  # transitions waiting for a reward; the oldest are dropped beyond this
 
 
@@ -49,13 +56,15 @@ class Decision:
     probs: np.ndarray  # [K, B] the policy's action probabilities (DQN: one-hot of greedy)
 
 
-def _from_dict(cls, data: dict):  # type: ignore[no-untyped-def]
+def _from_dict(cls: type[T], data: dict[str, object]) -> T:
     known = {f.name for f in fields(cls)}
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
     return cls(**values)
 
 
-def select_agent(state: dict[str, torch.Tensor], agent: int, n_agents: int, per_slot_memory: bool) -> dict[str, torch.Tensor]:
+def select_agent(
+    state: dict[str, torch.Tensor], agent: int, n_agents: int, per_slot_memory: bool
+) -> dict[str, torch.Tensor]:
     """Slice one agent out of agent-stacked tensors (critics are stacked as 2A: both copies)."""
     out = {}
     for key, value in state.items():
@@ -83,7 +92,9 @@ class OnlinePolicy:
         seed: int = 0,
     ) -> None:
         if method not in POLICY_CLASSES:
-            raise ConfigurationError(f"unknown learned policy {method!r}; choose from {', '.join(POLICY_CLASSES)}")
+            raise ConfigurationError(
+                f"unknown learned policy {method!r}; choose from {', '.join(POLICY_CLASSES)}"
+            )
         env.validate()
         if not 0 <= agent < env.n_servers:
             raise ConfigurationError(f"agent index {agent} outside 0..{env.n_servers - 1}")
@@ -92,8 +103,10 @@ class OnlinePolicy:
         self.learn_cfg = learn or LearnConfig()
         self.learner = POLICY_CLASSES[method](env, self.learn_cfg, self.switches, seed, n_agents=1)
         self.layout = StateLayout(
-            env.n_servers, state_dim(env.n_servers, self.switches.inslot_load_in_state),
-            self.switches.inslot_load_in_state, self.switches.state_scaling,
+            env.n_servers,
+            state_dim(env.n_servers, self.switches.inslot_load_in_state),
+            self.switches.inslot_load_in_state,
+            self.switches.state_scaling,
         )
         self._pending: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._last_decided: list[str] = []
@@ -101,8 +114,12 @@ class OnlinePolicy:
 
     # ---- state --------------------------------------------------------------------------------
     def build_states(
-        self, task_mbit: np.ndarray, demand_gcycles: np.ndarray, backlog_gcycles: np.ndarray,
-        load_gcycles: np.ndarray, capacity_ghz: np.ndarray,
+        self,
+        task_mbit: np.ndarray,
+        demand_gcycles: np.ndarray,
+        backlog_gcycles: np.ndarray,
+        load_gcycles: np.ndarray,
+        capacity_ghz: np.ndarray,
     ) -> np.ndarray:
         """States [K, state_dim] from telemetry, in the layout this policy was trained with."""
         task_mbit = np.atleast_1d(np.asarray(task_mbit, dtype=np.float64))
@@ -112,12 +129,18 @@ class OnlinePolicy:
             shared = [backlog_gcycles / capacity_ghz / STATE_SCALE_S]
             load = load_gcycles / capacity_ghz / STATE_SCALE_S
         else:
-            per_task, shared, load = [task_mbit, demand], [np.asarray(backlog_gcycles, dtype=np.float64)], load_gcycles
+            per_task, shared, load = (
+                [task_mbit, demand],
+                [np.asarray(backlog_gcycles, dtype=np.float64)],
+                load_gcycles,
+            )
         if self.switches.inslot_load_in_state:
             shared.append(np.asarray(load, dtype=np.float64))
         shared_row = np.concatenate(shared)
         k = task_mbit.size
-        return np.concatenate([np.stack(per_task, axis=1), np.broadcast_to(shared_row, (k, shared_row.size))], axis=1).astype(np.float32)
+        return np.concatenate(
+            [np.stack(per_task, axis=1), np.broadcast_to(shared_row, (k, shared_row.size))], axis=1
+        ).astype(np.float32)
 
     # ---- decisions ----------------------------------------------------------------------------
     def decide(
@@ -135,8 +158,14 @@ class OnlinePolicy:
         s = torch.as_tensor(np.atleast_2d(states), dtype=torch.float32)
         K, B = s.shape[0], self.env.n_servers
         if s.shape[1] != self.layout.state_dim:
-            raise ConfigurationError(f"state has {s.shape[1]} features; this policy expects {self.layout.state_dim}")
-        allowed = torch.ones(K, B, dtype=torch.bool) if mask is None else torch.as_tensor(np.broadcast_to(mask, (K, B)).copy(), dtype=torch.bool)
+            raise ConfigurationError(
+                f"state has {s.shape[1]} features; this policy expects {self.layout.state_dim}"
+            )
+        allowed = (
+            torch.ones(K, B, dtype=torch.bool)
+            if mask is None
+            else torch.as_tensor(np.broadcast_to(mask, (K, B)).copy(), dtype=torch.bool)
+        )
         if not bool(allowed.any(dim=1).all()):
             raise ConfigurationError("every server is masked for some task: nothing can run it")
         index = np.arange(K) if task_index is None else np.asarray(task_index)
@@ -151,7 +180,11 @@ class OnlinePolicy:
             if isinstance(learner, DQNTS):
                 probs = torch.nn.functional.one_hot(actions[0], B).float()
             else:
-                probs = masked_probs(x0, allowed[None])[0] if x0 is not None else learner.probs(s[None], allowed[None])[0]
+                probs = (
+                    masked_probs(x0, allowed[None])[0]
+                    if x0 is not None
+                    else learner.probs(s[None], allowed[None])[0]
+                )
         if rows is not None and x0 is not None:
             rows[0, index] = latent_to_memory(x0[0], self.switches.memory_pre_softmax)
         if task_ids is not None:
@@ -159,7 +192,9 @@ class OnlinePolicy:
         return Decision(actions[0].numpy().copy(), probs.numpy().copy())
 
     # ---- delayed rewards ----------------------------------------------------------------------
-    def _record(self, task_ids: list[str], s: torch.Tensor, actions: torch.Tensor, x: torch.Tensor | None) -> None:
+    def _record(
+        self, task_ids: list[str], s: torch.Tensor, actions: torch.Tensor, x: torch.Tensor | None
+    ) -> None:
         for k, task_id in enumerate(task_ids):
             # The previous decision's next state is this one (§1.6: the same agent's next task).
             for prev in self._last_decided:
@@ -204,7 +239,9 @@ class OnlinePolicy:
         ready = learner.replay.size > self.learn_cfg.warmup
         if not bool(ready.any()):
             return None
-        metrics = learner._update(learner.replay.sample(self.learn_cfg.batch_size, learner.generator), ready)
+        metrics = learner._update(
+            learner.replay.sample(self.learn_cfg.batch_size, learner.generator), ready
+        )
         learner.updates += 1
         self.trained_steps += 1
         return metrics
@@ -258,7 +295,9 @@ class OnlinePolicy:
         return policy
 
 
-def save_checkpoint(path: str | Path, config: dict[str, object], state: dict[str, torch.Tensor]) -> None:
+def save_checkpoint(
+    path: str | Path, config: dict[str, object], state: dict[str, torch.Tensor]
+) -> None:
     """Write tensors + JSON config atomically (a crash never leaves half a checkpoint)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -275,20 +314,33 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         config = json.loads(blob["config"])
         state = dict(blob["state"])
     except Exception as exc:  # torch raises many types for a corrupt file; all mean the same
-        raise CheckpointError(f"{path}: not a readable policy checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"{path}: not a readable policy checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format') if isinstance(config, dict) else None!r}")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format {config.get('format') if isinstance(config, dict) else None!r}"
+        )
     return config, state
 
 
-def save_trained(path: str | Path, learner: SlotLearner, method: str, episodes: int, seed: int) -> None:
+def save_trained(
+    path: str | Path, learner: SlotLearner, method: str, episodes: int, seed: int
+) -> None:
     """Checkpoint every agent of a simulation run (``dedgeai sim train``)."""
     env, switches = learner.env_cfg, learner.switches
     config = {
         "format": CHECKPOINT_FORMAT,
         "method": method,
         "n_agents": learner.n_agents,
-        "layout": asdict(StateLayout(env.n_servers, learner.state_dim, switches.inslot_load_in_state, switches.state_scaling)),
+        "layout": asdict(
+            StateLayout(
+                env.n_servers,
+                learner.state_dim,
+                switches.inslot_load_in_state,
+                switches.state_scaling,
+            )
+        ),
         "env": asdict(env),
         "switches": switches.as_dict(),
         "learn": asdict(learner.cfg),
@@ -297,3 +349,25 @@ def save_trained(path: str | Path, learner: SlotLearner, method: str, episodes: 
         "trained_steps": learner.updates,
     }
     save_checkpoint(path, config, learner.networks_state())
+
+
+def load_trained(
+    path: str | Path, method: str, n_servers: int, state_dim_expected: int
+) -> dict[str, torch.Tensor]:
+    """Tensors of a ``dedgeai sim train`` checkpoint, checked to fit ``method`` on this system."""
+    config, state = load_checkpoint(path)
+    if config.get("method") != method:
+        raise CheckpointError(
+            f"{path}: checkpoint is for method {config.get('method')!r}, not {method!r}"
+        )
+    layout = config.get("layout", {})
+    if layout.get("n_servers") != n_servers or layout.get("state_dim") != state_dim_expected:
+        raise CheckpointError(
+            f"{path}: checkpoint made for {layout.get('n_servers')} servers and {layout.get('state_dim')} state "
+            f"features; this run has {n_servers} servers and {state_dim_expected}"
+        )
+    if config.get("n_agents") != n_servers:
+        raise CheckpointError(
+            f"{path}: checkpoint holds {config.get('n_agents')} agents, a simulation needs {n_servers}"
+        )
+    return state

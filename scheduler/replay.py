@@ -36,7 +36,9 @@ class StackedReplay:
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(agent.numel()) - starts[agent_sorted]
         slot = (self._ptr[agent_sorted] + rank) % self.capacity
-        packed = torch.cat([values[name].reshape(agent.numel(), -1).float() for name in self.fields], dim=1)
+        packed = torch.cat(
+            [values[name].reshape(agent.numel(), -1).float() for name in self.fields], dim=1
+        )
         self.storage[agent_sorted, slot] = packed[order]
         self._ptr = (self._ptr + counts) % self.capacity
         self.size = torch.clamp(self.size + counts, max=self.capacity)
@@ -49,7 +51,9 @@ class StackedReplay:
         """
         u = torch.rand(self.n_agents, batch_size, generator=generator)
         index = (u * self.size.clamp(min=1)[:, None]).long()
-        rows = torch.gather(self.storage, 1, index[:, :, None].expand(-1, -1, self.storage.shape[2]))
+        rows = torch.gather(
+            self.storage, 1, index[:, :, None].expand(-1, -1, self.storage.shape[2])
+        )
         return {
             name: rows[:, :, lo:hi].reshape(self.n_agents, batch_size, *self.fields[name])
             for name, (lo, hi) in self._columns.items()

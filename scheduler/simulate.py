@@ -17,17 +17,32 @@ import torch
 from dedgeai.scheduler.config import Preset, Switches
 from dedgeai.scheduler.dqn_ts import DQNTS
 from dedgeai.scheduler.dsac import SACTS
-from dedgeai.scheduler.env import Episode, SystemParams, make_system, slot_outcome, ArrivalStream
+from dedgeai.scheduler.env import ArrivalStream, Episode, SystemParams, make_system, slot_outcome
 from dedgeai.scheduler.errors import ConfigurationError
-from dedgeai.scheduler.heuristics import LeastBacklog, LocalOnly, OptTS, RandomChoice, RoundRobin, SlotView
+from dedgeai.scheduler.heuristics import (
+    LeastBacklog,
+    LocalOnly,
+    OptTS,
+    RandomChoice,
+    RoundRobin,
+    Scheduler,
+    SlotView,
+)
 from dedgeai.scheduler.lad_ts import D2SACTS, LADTS
 
 LEARNERS = {"lad": LADTS, "d2sac": D2SACTS, "sac": SACTS, "dqn": DQNTS}
 HEURISTICS = ("opt", "local", "random", "round-robin", "least-backlog")
 METHODS = (*LEARNERS, *HEURISTICS)
 METHOD_TITLES = {
-    "lad": "LAD-TS", "d2sac": "D2SAC-TS", "sac": "SAC-TS", "dqn": "DQN-TS", "opt": "Opt-TS",
-    "local": "local-only", "random": "random", "round-robin": "round-robin", "least-backlog": "least-backlog",
+    "lad": "LAD-TS",
+    "d2sac": "D2SAC-TS",
+    "sac": "SAC-TS",
+    "dqn": "DQN-TS",
+    "opt": "Opt-TS",
+    "local": "local-only",
+    "random": "random",
+    "round-robin": "round-robin",
+    "least-backlog": "least-backlog",
 }
 
 
@@ -38,7 +53,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_method(name: str, preset: Preset, switches: Switches, seed: int):  # type: ignore[no-untyped-def]
+def make_method(name: str, preset: Preset, switches: Switches, seed: int) -> Scheduler:
     """Build a scheduler by name (see METHODS)."""
     method_seed = seed * 1000 + METHODS.index(name) if name in METHODS else seed
     if name in LEARNERS:
@@ -73,7 +88,9 @@ class EpisodeStats:
         return base | self.metrics
 
 
-def run_episode(method, system: SystemParams, episode: Episode, preset: Preset, index: int) -> EpisodeStats:  # type: ignore[no-untyped-def]
+def run_episode(
+    method: Scheduler, system: SystemParams, episode: Episode, preset: Preset, index: int
+) -> EpisodeStats:
     """One episode: slots 0..T-2 decided and evaluated, learners updated after every slot."""
     started = time.perf_counter()
     B = preset.env.n_servers
@@ -87,10 +104,17 @@ def run_episode(method, system: SystemParams, episode: Episode, preset: Preset, 
         valid = episode.valid[t]
         view = SlotView(t, system, backlog, last_load, episode.task_mbit[t], valid, available)
         actions = method.act(view)
-        outcome = slot_outcome(system, backlog, episode.task_mbit[t], valid, actions, preset.env.slot_s)
+        outcome = slot_outcome(
+            system, backlog, episode.task_mbit[t], valid, actions, preset.env.slot_s
+        )
         if learns:
             next_view = SlotView(
-                t + 1, system, outcome.next_backlog, outcome.load, episode.task_mbit[t + 1], episode.valid[t + 1],
+                t + 1,
+                system,
+                outcome.next_backlog,
+                outcome.load,
+                episode.task_mbit[t + 1],
+                episode.valid[t + 1],
                 available,
             )
             metrics = method.learn(view, outcome, next_view) or metrics
@@ -118,14 +142,20 @@ def train(
     seed: int,
     episodes: int,
     on_episode: Callable[[EpisodeStats], None] | None = None,
-):  # type: ignore[no-untyped-def]
-    """Run ``episodes`` episodes of one method; returns (method, stats per episode)."""
+    initial_state: dict[str, torch.Tensor] | None = None,
+) -> tuple[Scheduler, list[EpisodeStats]]:
+    """Run ``episodes`` episodes of one method; returns (method, stats per episode).
+
+    ``initial_state`` (a learner's ``networks_state()``) continues training from a checkpoint.
+    """
     if episodes <= 0:
         raise ConfigurationError(f"episodes must be > 0, got {episodes}")
     seed_everything(seed)
     system = make_system(preset.env)
     stream = ArrivalStream(preset.env, seed)
     method = make_method(name, preset, switches, seed)
+    if initial_state is not None:
+        method.load_networks_state(initial_state)
     history = []
     for i in range(episodes):
         stats = run_episode(method, system, stream.next_episode(), preset, i + 1)

@@ -30,7 +30,12 @@ from dedgeai.scheduler.config import Switches, get_preset
 from dedgeai.scheduler.report import summarize
 from dedgeai.scheduler.simulate import METHOD_TITLES, METHODS, train
 
-AUTHORS_SECONDS_PER_EPISODE = {"lad": 42.0, "sac": 10.0, "dqn": 3.4, "opt": 0.7}  # 2-core CPU, same machine type
+AUTHORS_SECONDS_PER_EPISODE = {
+    "lad": 42.0,
+    "sac": 10.0,
+    "dqn": 3.4,
+    "opt": 0.7,
+}  # 2-core CPU, same machine type
 console = Console()
 
 
@@ -44,7 +49,9 @@ class SpeedScenario:
 def run_speed(scenario: SpeedScenario, seed: int) -> dict[str, object]:
     torch.set_num_threads(scenario.threads)
     started = time.perf_counter()
-    _, history = train(scenario.method, get_preset("paper"), Switches(), seed, scenario.episodes + 1)
+    _, history = train(
+        scenario.method, get_preset("paper"), Switches(), seed, scenario.episodes + 1
+    )
     timed = [s.seconds for s in history[1:]]
     median = statistics.median(timed)
     authors = AUTHORS_SECONDS_PER_EPISODE.get(scenario.method)
@@ -63,13 +70,28 @@ def run_speed(scenario: SpeedScenario, seed: int) -> dict[str, object]:
 
 
 def speed(args: argparse.Namespace) -> None:
-    rows = [run_speed(SpeedScenario(m, t, args.episodes), args.seed) for t in args.threads for m in args.methods]
-    table = Table(title=f"seconds per episode, paper preset (B=20, 1–50 tasks/server/slot, 60 slots), seed {args.seed}")
-    for col in ("method", "threads", "s/episode (median)", "µs/decision", "× authors' code", "500 episodes (min)"):
+    rows = [
+        run_speed(SpeedScenario(m, t, args.episodes), args.seed)
+        for t in args.threads
+        for m in args.methods
+    ]
+    table = Table(
+        title=f"seconds per episode, paper preset (B=20, 1–50 tasks/server/slot, 60 slots), seed {args.seed}"
+    )
+    for col in (
+        "method",
+        "threads",
+        "s/episode (median)",
+        "µs/decision",
+        "× authors' code",
+        "500 episodes (min)",
+    ):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
         table.add_row(
-            METHOD_TITLES[r["method"]], str(r["threads"]), f"{r['seconds_per_episode_median']:.3f}",
+            METHOD_TITLES[r["method"]],
+            str(r["threads"]),
+            f"{r['seconds_per_episode_median']:.3f}",
             f"{r['microseconds_per_decision']:.1f}",
             "—" if r["speedup_vs_authors"] is None else f"{r['speedup_vs_authors']:.0f}×",
             f"{r['episodes_500_minutes']:.1f}",
@@ -89,35 +111,62 @@ def quality(args: argparse.Namespace) -> None:
         for method in args.methods:
             t0 = time.perf_counter()
             _, history[method] = train(method, get_preset("paper"), Switches(), seed, args.episodes)
-            console.print(f"seed {seed} {METHOD_TITLES[method]:<14} {time.perf_counter() - t0:7.1f} s  "
-                          f"last-50 mean {np.mean([s.mean_delay_s for s in history[method][-50:]]):.3f} s")
+            console.print(
+                f"seed {seed} {METHOD_TITLES[method]:<14} {time.perf_counter() - t0:7.1f} s  "
+                f"last-50 mean {np.mean([s.mean_delay_s for s in history[method][-50:]]):.3f} s"
+            )
             curves[method].append([s.mean_delay_s for s in history[method]])
         per_seed[seed] = summarize(history)
         with (out_dir / f"metrics_seed{seed}.csv").open("w") as f:
             f.write("method,episode,mean_delay_s,p95_delay_s,offloaded_fraction,seconds\n")
             for method, stats in history.items():
                 for s in stats:
-                    f.write(f"{method},{s.episode},{s.mean_delay_s:.5f},{s.p95_delay_s:.5f},"
-                            f"{s.offloaded_fraction:.4f},{s.seconds:.4f}\n")
+                    f.write(
+                        f"{method},{s.episode},{s.mean_delay_s:.5f},{s.p95_delay_s:.5f},"
+                        f"{s.offloaded_fraction:.4f},{s.seconds:.4f}\n"
+                    )
     aggregate = {}
     for method in args.methods:
         finals = [per_seed[s][method]["final_mean_delay_s"] for s in args.seeds]
         ratios = [per_seed[s][method].get("ratio_to_opt", float("nan")) for s in args.seeds]
         conv = [per_seed[s][method]["converged_episode"] for s in args.seeds]
         aggregate[method] = {
-            "final_mean_delay_s": finals, "ratio_to_opt": ratios, "converged_episode": conv,
-            "final_mean_delay_s_mean": float(np.mean(finals)), "ratio_to_opt_mean": float(np.mean(ratios)),
+            "final_mean_delay_s": finals,
+            "ratio_to_opt": ratios,
+            "converged_episode": conv,
+            "final_mean_delay_s_mean": float(np.mean(finals)),
+            "ratio_to_opt_mean": float(np.mean(ratios)),
             "converged_episode_median": float(np.median(conv)),
         }
-    table = Table(title=f"paper preset, corrected defaults, {args.episodes} episodes, seeds {args.seeds}: last 50 episodes")
-    for col in ("method", "final delay (s) per seed", "× Opt-TS per seed", "converged (ep) per seed"):
+    table = Table(
+        title=f"paper preset, corrected defaults, {args.episodes} episodes, seeds {args.seeds}: last 50 episodes"
+    )
+    for col in (
+        "method",
+        "final delay (s) per seed",
+        "× Opt-TS per seed",
+        "converged (ep) per seed",
+    ):
         table.add_column(col, justify="left" if col == "method" else "right")
     for method, row in sorted(aggregate.items(), key=lambda kv: kv[1]["final_mean_delay_s_mean"]):
-        table.add_row(METHOD_TITLES[method], " ".join(f"{v:.3f}" for v in row["final_mean_delay_s"]),
-                      " ".join(f"{v:.3f}" for v in row["ratio_to_opt"]), " ".join(str(v) for v in row["converged_episode"]))
+        table.add_row(
+            METHOD_TITLES[method],
+            " ".join(f"{v:.3f}" for v in row["final_mean_delay_s"]),
+            " ".join(f"{v:.3f}" for v in row["ratio_to_opt"]),
+            " ".join(str(v) for v in row["converged_episode"]),
+        )
     console.print(table)
-    _write(out_dir / "quality.json", {"benchmark": "scheduler-quality", **_machine(), "episodes": args.episodes,
-                                      "seeds": args.seeds, "aggregate": aggregate, "per_seed": per_seed})
+    _write(
+        out_dir / "quality.json",
+        {
+            "benchmark": "scheduler-quality",
+            **_machine(),
+            "episodes": args.episodes,
+            "seeds": args.seeds,
+            "aggregate": aggregate,
+            "per_seed": per_seed,
+        },
+    )
     _plot(out_dir / "learning.png", curves, args)
 
 
@@ -132,8 +181,13 @@ def _plot(path: Path, curves: dict[str, list[list[float]]], args: argparse.Names
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
     for method, runs in curves.items():
         mean = np.mean(np.array(runs), axis=0)
-        ax.plot(np.arange(1, mean.size + 1), smoothed(mean), "--" if method == "opt" else "-",
-                label=METHOD_TITLES[method], linewidth=1.5)
+        ax.plot(
+            np.arange(1, mean.size + 1),
+            smoothed(mean),
+            "--" if method == "opt" else "-",
+            label=METHOD_TITLES[method],
+            linewidth=1.5,
+        )
     ax.set_xlabel("episode")
     ax.set_ylabel("average service delay (s), mean of seeds, 10-episode smoothing")
     ax.set_ylim(top=min(ax.get_ylim()[1], 30))
@@ -146,8 +200,12 @@ def _plot(path: Path, curves: dict[str, list[list[float]]], args: argparse.Names
 
 
 def _machine() -> dict[str, object]:
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "cores": __import__("os").cpu_count()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": __import__("os").cpu_count(),
+    }
 
 
 def _write(path: str | Path, payload: dict[str, object]) -> None:
@@ -157,12 +215,16 @@ def _write(path: str | Path, payload: dict[str, object]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="mode", required=True)
     sp = sub.add_parser("speed")
     sp.add_argument("--episodes", type=int, default=4)
     sp.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    sp.add_argument("--methods", nargs="+", default=["lad", "d2sac", "sac", "dqn", "opt"], choices=METHODS)
+    sp.add_argument(
+        "--methods", nargs="+", default=["lad", "d2sac", "sac", "dqn", "opt"], choices=METHODS
+    )
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="docs/bench_scheduler_speed.json")
     qp = sub.add_parser("quality")

@@ -15,7 +15,9 @@ runner = CliRunner()
 
 
 def test_compare_small_preset_every_method(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["sim", "compare", "--preset", "small", "--episodes", "3", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["sim", "compare", "--preset", "small", "--episodes", "3", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert len(rows) == 3 * len(METHODS)
@@ -28,12 +30,83 @@ def test_compare_small_preset_every_method(tmp_path: Path) -> None:
 
 def test_train_writes_a_loadable_policy(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["sim", "train", "--method", "lad", "--preset", "small", "--episodes", "3", "--out", str(tmp_path)]
+        app,
+        [
+            "sim",
+            "train",
+            "--method",
+            "lad",
+            "--preset",
+            "small",
+            "--episodes",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert len(list(csv.DictReader((tmp_path / "metrics.csv").open()))) == 3
     policy = OnlinePolicy.load(tmp_path / "policy.pt", agent=0)
     assert policy.trained_steps > 0
+    resumed = runner.invoke(
+        app,
+        [
+            "sim",
+            "train",
+            "--method",
+            "lad",
+            "--preset",
+            "small",
+            "--episodes",
+            "1",
+            "--out",
+            str(tmp_path / "more"),
+            "--resume",
+            str(tmp_path / "policy.pt"),
+        ],
+    )
+    assert resumed.exit_code == 0, resumed.output
+    wrong = runner.invoke(
+        app,
+        [
+            "sim",
+            "train",
+            "--method",
+            "sac",
+            "--preset",
+            "small",
+            "--episodes",
+            "1",
+            "--out",
+            str(tmp_path / "x"),
+            "--resume",
+            str(tmp_path / "policy.pt"),
+        ],
+    )
+    assert wrong.exit_code == 2 and "not 'sac'" in wrong.output
+
+
+def test_corrupt_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
+    corrupt = tmp_path / "policy.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    result = runner.invoke(
+        app,
+        [
+            "sim",
+            "train",
+            "--preset",
+            "small",
+            "--episodes",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--resume",
+            str(corrupt),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "not a readable policy checkpoint" in result.output
+    assert "Traceback" not in result.output
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,50 @@ from dedgeai.scheduler.simulate import train
 
 def test_system_parameters_match_the_authors() -> None:
     system = make_system(get_preset("reference").env)
-    assert system.capacity_ghz.tolist() == [50, 25, 18, 32, 28, 21, 50, 17, 44, 41, 21, 31, 41, 36, 30, 47, 49, 13, 48, 14]
+    assert system.capacity_ghz.tolist() == [
+        50,
+        25,
+        18,
+        32,
+        28,
+        21,
+        50,
+        17,
+        44,
+        41,
+        21,
+        31,
+        41,
+        36,
+        30,
+        47,
+        49,
+        13,
+        48,
+        14,
+    ]
     assert system.capacity_ghz.sum() == 656
     assert system.rate_mbps.tolist() == [
-        499, 478, 461, 416, 473, 408, 500, 462, 427, 430, 480, 407, 476, 415, 453, 480, 427, 444, 477, 475,
+        499,
+        478,
+        461,
+        416,
+        473,
+        408,
+        500,
+        462,
+        427,
+        430,
+        480,
+        407,
+        476,
+        415,
+        453,
+        480,
+        427,
+        444,
+        477,
+        475,
     ]
     assert system.quality[:10].tolist() == [6, 12, 13, 9, 10, 12, 6, 1, 1, 2]
     assert np.allclose(system.demand[:5], [1.127, 2.999, 1.332, 1.479, 1.325], atol=5e-4)
@@ -42,7 +82,9 @@ def test_opt_ts_reproduces_section_4_2() -> None:
 
 
 def test_opt_ts_with_capacity_max_20() -> None:
-    assert _delays("opt", capacity_ghz=(10, 20)) == pytest.approx([48.703, 47.852, 49.294], abs=1e-3)
+    assert _delays("opt", capacity_ghz=(10, 20)) == pytest.approx(
+        [48.703, 47.852, 49.294], abs=1e-3
+    )
 
 
 def test_all_local_reproduces_section_4_2() -> None:
@@ -56,7 +98,11 @@ def test_random_is_in_the_authors_range() -> None:
 
 def test_seeded_streams_are_identical_for_every_method_and_differ_by_seed() -> None:
     cfg = get_preset("paper").env
-    a, b, c = ArrivalStream(cfg, 7).next_episode(), ArrivalStream(cfg, 7).next_episode(), ArrivalStream(cfg, 8).next_episode()
+    a, b, c = (
+        ArrivalStream(cfg, 7).next_episode(),
+        ArrivalStream(cfg, 7).next_episode(),
+        ArrivalStream(cfg, 8).next_episode(),
+    )
     assert np.array_equal(a.task_mbit, b.task_mbit)
     assert not np.array_equal(a.task_mbit, c.task_mbit)
 
@@ -88,7 +134,9 @@ def test_vectorised_slot_equals_the_per_task_loop() -> None:
     backlog = rng.uniform(0, 300, size=cfg.n_servers)
     actions = rng.integers(0, cfg.n_servers, size=(cfg.n_servers, cfg.max_tasks))
     out = slot_outcome(system, backlog, episode.task_mbit[0], episode.valid[0], actions, 1.0)
-    delays, next_backlog = _slot_by_hand(system, backlog, episode.task_mbit[0], episode.valid[0], actions)
+    delays, next_backlog = _slot_by_hand(
+        system, backlog, episode.task_mbit[0], episode.valid[0], actions
+    )
     assert np.allclose(out.delay_s, delays)
     assert np.allclose(out.next_backlog, next_backlog)
 

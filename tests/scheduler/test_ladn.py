@@ -10,15 +10,31 @@ from dedgeai.scheduler.nets import StackedMLP, VPSchedule, sinusoidal_embedding
 
 def test_vp_schedule_constants() -> None:
     s = VPSchedule(5)
-    assert s.betas.tolist() == pytest.approx([0.19587, 0.45882, 0.63578, 0.75488, 0.83503], abs=1e-5)
-    assert s.alphas_cumprod.tolist() == pytest.approx([0.80413, 0.43518, 0.15850, 0.03885, 0.00641], abs=1e-5)
-    assert s.sqrt_recip_alphas_cumprod.tolist() == pytest.approx([1.1152, 1.5159, 2.5118, 5.0733, 12.4909], abs=1e-4)
-    assert s.sqrt_recipm1_alphas_cumprod.tolist() == pytest.approx([0.4935, 1.1393, 2.3042, 4.9738, 12.4508], abs=1e-4)
-    assert s.posterior_variance.tolist() == pytest.approx([0, 0.15911, 0.42674, 0.66091, 0.80777], abs=1e-5)
-    assert s.posterior_mean_coef1.tolist() == pytest.approx([1.0, 0.7284, 0.4984, 0.3127, 0.1657], abs=1e-4)
-    assert s.posterior_mean_coef2.tolist() == pytest.approx([0, 0.2551, 0.4051, 0.4335, 0.3929], abs=1e-4)
+    assert s.betas.tolist() == pytest.approx(
+        [0.19587, 0.45882, 0.63578, 0.75488, 0.83503], abs=1e-5
+    )
+    assert s.alphas_cumprod.tolist() == pytest.approx(
+        [0.80413, 0.43518, 0.15850, 0.03885, 0.00641], abs=1e-5
+    )
+    assert s.sqrt_recip_alphas_cumprod.tolist() == pytest.approx(
+        [1.1152, 1.5159, 2.5118, 5.0733, 12.4909], abs=1e-4
+    )
+    assert s.sqrt_recipm1_alphas_cumprod.tolist() == pytest.approx(
+        [0.4935, 1.1393, 2.3042, 4.9738, 12.4508], abs=1e-4
+    )
+    assert s.posterior_variance.tolist() == pytest.approx(
+        [0, 0.15911, 0.42674, 0.66091, 0.80777], abs=1e-5
+    )
+    assert s.posterior_mean_coef1.tolist() == pytest.approx(
+        [1.0, 0.7284, 0.4984, 0.3127, 0.1657], abs=1e-4
+    )
+    assert s.posterior_mean_coef2.tolist() == pytest.approx(
+        [0, 0.2551, 0.4051, 0.4335, 0.3929], abs=1e-4
+    )
     # noise std per reverse step, i = 5..1 in the paper's numbering (§7)
-    assert s.noise_std.flip(0).tolist() == pytest.approx([0.899, 0.813, 0.653, 0.399, 0.0], abs=1e-3)
+    assert s.noise_std.flip(0).tolist() == pytest.approx(
+        [0.899, 0.813, 0.653, 0.399, 0.0], abs=1e-3
+    )
 
 
 def test_time_embedding_is_the_raw_sinusoid() -> None:
@@ -43,9 +59,13 @@ def test_batched_chain_equals_one_task_at_a_time() -> None:
     batched = ladn.chain(s, x, g, noise)
     for a in range(A):
         single_agent = LADN(1, sd, B, LearnConfig(), torch.Generator())
-        single_agent.load_state_dict({k: v[a : a + 1] if v.dim() == 3 else v for k, v in ladn.state_dict().items()})
+        single_agent.load_state_dict(
+            {k: v[a : a + 1] if v.dim() == 3 else v for k, v in ladn.state_dict().items()}
+        )
         for n in range(N):
-            one = single_agent.chain(s[a : a + 1, n : n + 1], x[a : a + 1, n : n + 1], g, noise[:, a : a + 1, n : n + 1])
+            one = single_agent.chain(
+                s[a : a + 1, n : n + 1], x[a : a + 1, n : n + 1], g, noise[:, a : a + 1, n : n + 1]
+            )
             assert torch.allclose(one[0, 0], batched[a, n], atol=1e-5)
 
 

@@ -22,7 +22,9 @@ def test_slot_decisions_avoid_masked_servers(method: str) -> None:
     scheduler = make_method(method, preset, Switches(), seed=0)
     backlog = np.zeros(preset.env.n_servers)
     for t in range(5):
-        view = SlotView(t, system, backlog, backlog, episode.task_mbit[t], episode.valid[t], available)
+        view = SlotView(
+            t, system, backlog, backlog, episode.task_mbit[t], episode.valid[t], available
+        )
         actions = scheduler.act(view)
         assert not np.isin(actions[episode.valid[t]], DOWN).any()
 
@@ -33,7 +35,10 @@ def test_online_policy_respects_mask_and_gives_zero_probability(method: str) -> 
     policy = OnlinePolicy(method, env, agent=3, seed=1)
     rng = np.random.default_rng(0)
     states = policy.build_states(
-        rng.uniform(2, 5, 200), rng.uniform(0.2, 4, 200), rng.uniform(0, 100, 20), rng.uniform(0, 40, 20),
+        rng.uniform(2, 5, 200),
+        rng.uniform(0.2, 4, 200),
+        rng.uniform(0, 100, 20),
+        rng.uniform(0, 40, 20),
         np.full(20, 30.0),
     )
     mask = np.ones(20, dtype=bool)
@@ -46,6 +51,8 @@ def test_online_policy_respects_mask_and_gives_zero_probability(method: str) -> 
 
 def test_everything_masked_is_an_error() -> None:
     policy = OnlinePolicy("lad", get_preset("small").env, agent=0)
-    states = policy.build_states(np.array([3.0]), np.array([1.0]), np.zeros(4), np.zeros(4), np.full(4, 20.0))
+    states = policy.build_states(
+        np.array([3.0]), np.array([1.0]), np.zeros(4), np.zeros(4), np.full(4, 20.0)
+    )
     with pytest.raises(ValueError, match="masked"):
         policy.decide(states, mask=np.zeros(4, dtype=bool))

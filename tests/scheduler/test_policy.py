@@ -16,7 +16,11 @@ def _states(policy: OnlinePolicy, k: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     B = policy.env.n_servers
     return policy.build_states(
-        rng.uniform(2, 5, k), rng.uniform(0.2, 4, k), rng.uniform(0, 50, B), rng.uniform(0, 20, B), np.full(B, 25.0)
+        rng.uniform(2, 5, k),
+        rng.uniform(0.2, 4, k),
+        rng.uniform(0, 50, B),
+        rng.uniform(0, 20, B),
+        np.full(B, 25.0),
     )
 
 
@@ -71,13 +75,19 @@ def test_sim_checkpoint_loads_one_agent_row(tmp_path: Path) -> None:
     learner, _ = train("lad", preset, Switches(), seed=0, episodes=1)
     save_trained(tmp_path / "policy.pt", learner, "lad", 1, 0)
     policy = OnlinePolicy.load(tmp_path / "policy.pt", agent=2)
-    assert torch.equal(policy.learner.actor.eps_net.l1.weight[0], learner.actor.eps_net.l1.weight[2])
-    assert torch.equal(policy.learner.sac.critics.l1.weight[1], learner.sac.critics.l1.weight[4 + 2])
+    assert torch.equal(
+        policy.learner.actor.eps_net.l1.weight[0], learner.actor.eps_net.l1.weight[2]
+    )
+    assert torch.equal(
+        policy.learner.sac.critics.l1.weight[1], learner.sac.critics.l1.weight[4 + 2]
+    )
 
 
 def test_checkpoint_for_another_system_is_refused(tmp_path: Path) -> None:
     OnlinePolicy("sac", get_preset("small").env, agent=0).save(tmp_path / "p.pt")
-    paper_layout = StateLayout(n_servers=20, state_dim=42, inslot_load_in_state=True, state_scaling=True)
+    paper_layout = StateLayout(
+        n_servers=20, state_dim=42, inslot_load_in_state=True, state_scaling=True
+    )
     with pytest.raises(CheckpointError, match="4 servers"):
         OnlinePolicy.load(tmp_path / "p.pt", agent=0, expect=paper_layout)
 

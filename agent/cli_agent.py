@@ -1,0 +1,313 @@
+"""`dedgeai agent run|config` and the client commands `submit`, `status`, `tasks`, `result`,
+`cancel`: thin wrappers over ``dedgeai.agent.client`` and ``dedgeai.agent.service``.
+
+Exit codes (``ExitCode``): 0 done · 1 internal error · 2 bad input, unknown task or bad
+configuration · 3 agent busy or shutting down · 4 task failed or cancelled · 5 agent
+unreachable (after the timeout and retries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
+
+from dedgeai.agent import render
+from dedgeai.agent.client import DEFAULT_TIMEOUT_S, ENDPOINT_ENV, AgentClient
+from dedgeai.agent.config import load_config, parse_override, render_toml
+from dedgeai.agent.errors import (
+    AgentBusy,
+    ConfigError,
+    DedgeaiError,
+    PeerUnavailable,
+    RemoteError,
+    TaskFailed,
+    TaskNotFound,
+)
+from dedgeai.agent.exit_codes import ExitCode
+from dedgeai.agent.protocol import Reply
+from dedgeai.models.backend import MAX_SEED, GenerationRequest
+from dedgeai.models.errors import InvalidRequest
+
+err = Console(stderr=True)
+out = Console()
+
+AgentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--agent", "-a", envvar=ENDPOINT_ENV, help="Agent endpoint (default tcp://127.0.0.1:7700)."
+    ),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for each reply before retrying.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (default: the per-user file, or /etc/dedgeai/agent.toml under systemd).",
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a key: --set max_queue=64 (repeatable).")
+]
+
+# RemoteError codes that mean "the caller asked for something wrong".
+_BAD_INPUT_CODES = {"bad_frame", "bad_version", "bad_type", "bad_field", "already_finished"}
+
+
+@contextlib.contextmanager
+def exit_on_errors() -> Iterator[None]:
+    """Map library errors to the documented exit codes, with one line on stderr."""
+    try:
+        yield
+    except (ConfigError, InvalidRequest) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(ExitCode.BAD_INPUT) from exc
+    except PeerUnavailable as exc:
+        err.print(f"[red]unreachable:[/] {exc}")
+        raise typer.Exit(ExitCode.UNREACHABLE) from exc
+    except AgentBusy as exc:
+        err.print(f"[yellow]busy:[/] {exc.message}")
+        raise typer.Exit(ExitCode.BUSY) from exc
+    except TaskFailed as exc:
+        err.print(f"[red]{exc.code}:[/] {exc.message}")
+        raise typer.Exit(ExitCode.TASK_FAILED) from exc
+    except TaskNotFound as exc:
+        err.print(f"[red]not found:[/] {exc.message}")
+        raise typer.Exit(ExitCode.BAD_INPUT) from exc
+    except RemoteError as exc:
+        err.print(f"[red]{exc.code}:[/] {exc.message}")
+        if exc.code in _BAD_INPUT_CODES:
+            raise typer.Exit(ExitCode.BAD_INPUT) from exc
+        if exc.code == "shutting_down":
+            raise typer.Exit(ExitCode.BUSY) from exc
+        raise typer.Exit(ExitCode.INTERNAL) from exc
+    except DedgeaiError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(ExitCode.INTERNAL) from exc
+
+
+def _overrides(items: list[str] | None) -> dict[str, Any]:
+    return dict(parse_override(item) for item in items or [])
+
+
+# --- dedgeai agent ... ------------------------------------------------------------
+
+
+def agent_run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Run the agent in the foreground (systemd runs it the same way)."""
+    from dedgeai.agent.service import run_agent
+
+    with exit_on_errors():
+        cfg = load_config(config, _overrides(set_))
+    raise typer.Exit(run_agent(cfg))
+
+
+def agent_config(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the effective configuration, every key with its documentation and default."""
+    with exit_on_errors():
+        cfg = load_config(config, _overrides(set_))
+    if as_json:
+        print(json.dumps({**cfg.as_dict(), "source": cfg.source}, indent=2))
+    else:
+        print(render_toml(cfg))
+
+
+# --- client commands --------------------------------------------------------------
+
+
+def _parse_size(size: str) -> tuple[int, int]:
+    width, sep, height = size.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise InvalidRequest(f"--size must look like 1024x1024, got {size!r}")
+    return int(width), int(height)
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+class _ProgressView:
+    """Queue position, then denoising steps, on one rich progress bar."""
+
+    def __init__(self, progress: Progress | None, steps: int) -> None:
+        self.progress = progress
+        self.bar = progress.add_task("submitting", total=steps) if progress else None
+
+    def __call__(self, reply: Reply) -> None:
+        if self.progress is None or self.bar is None:
+            return
+        if reply.type == "accepted" or reply.get("stage") == "queued":
+            text = f"queued (position {reply.get('position')})"
+            self.progress.update(self.bar, description=text)
+        elif reply.get("stage") == "denoise":
+            self.progress.update(self.bar, description="denoising", completed=reply.get("step"))
+        elif reply.get("stage") == "decode":
+            self.progress.update(self.bar, description="decoding", completed=reply.get("step"))
+
+
+def _save(done: Reply, out_path: Path | None) -> Path | None:
+    if not done.png:
+        return None  # emulated backend: no image
+    path = out_path or Path(f"dedgeai-{done.get('task', 'result')[:8]}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(done.png)
+    return path
+
+
+def _report(done: Reply, path: Path | None, client_total_s: float | None, as_json: bool) -> None:
+    if as_json:
+        body = {**done.fields, "path": str(path) if path else None}
+        if client_total_s is not None:
+            body["client_total_s"] = client_total_s
+        print(json.dumps(body, indent=2, default=str))
+        return
+    out.print(render.done_table(done.fields, client_total_s))
+    if path is not None:
+        out.print(f"image: [bold]{path}[/]")
+    else:
+        out.print("[yellow]no image: the agent runs the EMULATED backend[/]")
+
+
+def submit(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    agent: AgentOpt = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps (1-100).")] = 28,
+    size: Annotated[str, typer.Option(help="WxH, multiples of 16 in 256-2048.")] = "1024x1024",
+    seed: Annotated[int | None, typer.Option(help="Seed (default: random).")] = None,
+    negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance, 0-30.")] = 5.0,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the task id and exit.")] = False,
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+) -> None:
+    """Submit a prompt, show its progress, save the PNG."""
+    with exit_on_errors():
+        width, height = _parse_size(size)
+        request = GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative,
+            steps=steps,
+            width=width,
+            height=height,
+            guidance=guidance,
+            seed=random.randint(0, MAX_SEED) if seed is None else seed,
+        ).validate()
+        with AgentClient(agent, timeout_s=timeout) as client:
+            started = time.perf_counter()
+            if no_wait:
+                accepted = client.submit(request, wait=False)
+                if as_json:
+                    print(json.dumps(accepted.fields))
+                else:
+                    print(accepted.get("task"))
+                return
+            show = not as_json and err.is_terminal
+            with _progress() if show else contextlib.nullcontext() as progress:
+                view = _ProgressView(progress, request.steps)
+                _accepted, done = client.generate(request, view)
+            total_s = time.perf_counter() - started
+        _report(done, _save(done, out_path), total_s, as_json)
+
+
+def status(
+    agent: AgentOpt = None, as_json: JsonOpt = False, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S
+) -> None:
+    """The agent's device, telemetry, backlog, capacity, model and plan."""
+    with exit_on_errors(), AgentClient(agent, timeout_s=timeout) as client:
+        body = client.status()
+    if as_json:
+        print(json.dumps(body, indent=2, default=str))
+    else:
+        out.print(render.status_table(body))
+
+
+def tasks(
+    agent: AgentOpt = None,
+    limit: Annotated[int, typer.Option(help="Newest N tasks (1-1000).")] = 20,
+    state: Annotated[
+        str | None, typer.Option(help="queued, running, done, failed, cancelled.")
+    ] = None,
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+) -> None:
+    """Recent tasks, newest first."""
+    with exit_on_errors(), AgentClient(agent, timeout_s=timeout) as client:
+        rows = client.tasks(limit, state)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        out.print(render.tasks_table(rows, time.time()))
+
+
+def result(
+    task: Annotated[str, typer.Argument(help="Task id (from submit or tasks).")],
+    agent: AgentOpt = None,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait for an unfinished task.")
+    ] = True,
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+) -> None:
+    """Fetch a task's PNG and timings (waits for it unless --no-wait)."""
+    with exit_on_errors(), AgentClient(agent, timeout_s=timeout) as client:
+        reply = client.result(task, wait=wait)
+        if reply.type == "progress" and wait:
+            show = not as_json and err.is_terminal
+            with _progress() if show else contextlib.nullcontext() as progress:
+                view = _ProgressView(progress, reply.get("steps") or 1)
+                view(reply)
+                reply = client.wait(reply.get("task"), view)
+    if reply.type == "progress":  # --no-wait on an unfinished task
+        if as_json:
+            print(json.dumps({"type": reply.type, **reply.fields}))
+        else:
+            stage, step, steps = reply.get("stage"), reply.get("step"), reply.get("steps")
+            where = (
+                f"position {reply.get('position')}" if stage == "queued" else f"step {step}/{steps}"
+            )
+            out.print(f"{task}: {stage} ({where})")
+        return
+    _report(reply, _save(reply, out_path), None, as_json)
+
+
+def cancel(
+    task: Annotated[str, typer.Argument(help="Task id.")],
+    agent: AgentOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+) -> None:
+    """Cancel a queued task, or a running one at its next step."""
+    with exit_on_errors(), AgentClient(agent, timeout_s=timeout) as client:
+        reply = client.cancel(task)
+    out.print(f"{reply.get('task')}: {reply.get('state')}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `dedgeai agent ...` and the client commands to the root app."""
+    agent_app = typer.Typer(help="Run or inspect the local agent daemon.", no_args_is_help=True)
+    agent_app.command("run")(agent_run)
+    agent_app.command("config")(agent_config)
+    app.add_typer(agent_app, name="agent")
+    for command in (submit, status, tasks, result, cancel):
+        app.command()(command)

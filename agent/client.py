@@ -1,0 +1,173 @@
+"""Client library for one agent: requests with Lazy Pirate retries, and task streaming.
+
+A request is sent on a DEALER; with no reply within ``timeout_s`` the socket is thrown
+away (its queued messages with it), a fresh one connects and the request goes again, up
+to ``retries`` times, then PeerUnavailable. Retrying ``submit`` is safe because the client
+picks the task id: the agent answers a repeated id with the task it already has.
+While waiting for a task, silence is answered with ``result {wait: true}``, which both
+checks that the agent is alive and re-subscribes after a reconnect or an agent restart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from dedgeai.agent import protocol as p
+from dedgeai.agent.config import DEFAULT_ENDPOINT
+from dedgeai.agent.errors import PeerUnavailable, remote_error
+from dedgeai.agent.protocol import Reply, TaskId
+from dedgeai.models.backend import GenerationRequest
+
+DEFAULT_TIMEOUT_S = 3.0
+DEFAULT_RETRIES = 3
+ENDPOINT_ENV = "DEDGEAI_AGENT"
+
+ProgressCallback = Callable[[Reply], None]
+
+
+def default_endpoint() -> str:
+    return os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+
+
+class AgentClient:
+    """One DEALER connection to one agent. Not thread-safe: one client per thread."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout_s = timeout_s
+        self.retries = max(1, retries)
+        self._context = context or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(4).hex()
+        self._socket = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _reconnect(self) -> None:
+        self._socket.close(0)
+        self._socket = self._connect()
+
+    def close(self) -> None:
+        self._socket.close(0)
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def next_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    # --- transport -----------------------------------------------------------------
+
+    def send_raw(self, frames: list[bytes]) -> None:
+        self._socket.send_multipart(frames)
+
+    def recv(self, timeout_s: float) -> Reply | None:
+        """The next reply within ``timeout_s``, or None."""
+        if not self._socket.poll(int(timeout_s * 1000), zmq.POLLIN):
+            return None
+        return p.parse_reply(self._socket.recv_multipart())
+
+    def request(self, message: dict[str, Any], raise_errors: bool = True) -> Reply:
+        """Send ``message`` (an ``id`` is added) and return the reply with that id."""
+        message = {"v": p.PROTOCOL_VERSION, "id": self.next_id(), **message}
+        payload = p.encode(message)
+        for _attempt in range(self.retries):
+            self._socket.send(payload)
+            deadline = time.monotonic() + self.timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                reply = self.recv(left)
+                if reply is None:
+                    break
+                if reply.id == message["id"]:
+                    if raise_errors and reply.type == "error":
+                        raise remote_error(
+                            reply.get("code"), reply.get("message"), reply.get("task")
+                        )
+                    return reply
+                # Anything else is a late reply or progress from an earlier exchange.
+            self._reconnect()
+        raise PeerUnavailable(self.endpoint, self.timeout_s, self.retries)
+
+    # --- API -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self.request({"type": "status"}).fields
+
+    def tasks(self, limit: int = p.DEFAULT_TASKS_LIMIT, state: str | None = None) -> list[dict]:
+        message: dict[str, Any] = {"type": "tasks", "limit": limit}
+        if state is not None:
+            message["state"] = state
+        return list(self.request(message).get("tasks", []))
+
+    def cancel(self, task: str) -> Reply:
+        return self.request({"type": "cancel", "task": task})
+
+    def result(self, task: str, wait: bool = False) -> Reply:
+        """``done`` for a finished task, ``progress`` for an unfinished one; errors raise."""
+        return self.request({"type": "result", "task": task, "wait": wait})
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        task: TaskId | None = None,
+        wait: bool = True,
+        origin: str | None = None,
+    ) -> Reply:
+        """Queue a task; returns ``accepted``. Raises AgentBusy, RemoteError, PeerUnavailable."""
+        message: dict[str, Any] = {
+            "type": "submit",
+            **p.request_to_wire(request),
+            "task": task or p.new_task_id(),
+            "wait": wait,
+        }
+        if origin is not None:
+            message["origin"] = origin
+        return self.request(message)
+
+    def wait(self, task: str, on_progress: ProgressCallback | None = None) -> Reply:
+        """Block until ``task`` ends: returns ``done``; raises TaskFailed or PeerUnavailable."""
+        while True:
+            reply = self.recv(self.timeout_s)
+            if reply is None:
+                # Silence: ask again. This re-subscribes (after a reconnect or agent restart)
+                # and its answer proves the agent is alive; request() itself retries.
+                reply = self.result(task, wait=True)
+            if reply.get("task") != task:
+                continue
+            if reply.type == "done":
+                return reply
+            if reply.type == "error":
+                raise remote_error(reply.get("code"), reply.get("message"), task)
+            if reply.type == "progress" and on_progress is not None:
+                on_progress(reply)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        task: TaskId | None = None,
+    ) -> tuple[Reply, Reply]:
+        """Submit and wait: returns (accepted, done)."""
+        accepted = self.submit(request, task=task, wait=True)
+        if on_progress is not None:
+            on_progress(accepted)
+        return accepted, self.wait(accepted.get("task"), on_progress)

@@ -1,0 +1,324 @@
+"""The agent's configuration: one flat TOML table, every key declared once in ``KEYS``.
+
+``load_config`` reads the file, applies ``--set key=value`` overrides and checks every
+key; unknown keys and wrong types are ConfigErrors that say what is allowed. The same
+declarations render ``dedgeai agent config`` and the documented example file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from dedgeai.agent.errors import ConfigError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+SERVICE_CONFIG_PATH = Path("/etc/dedgeai/agent.toml")
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
+APP_NAME = "dedgeai"
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    type: type
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None  # returns a complaint or None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    return lambda value: None if value in allowed else f"must be one of {list(allowed)}"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be 0 (off) or a TCP port 1..65535"
+
+
+def _sizes(value: list[Any]) -> str | None:
+    for item in value:
+        parts = item.split("x") if isinstance(item, str) else []
+        if len(parts) != 2 or not all(p.isdigit() and int(p) % 16 == 0 for p in parts):
+            return f'entries must look like "512x512" (multiples of 16), got {item!r}'
+    return None if value else "must list at least one size"
+
+
+KEYS: tuple[Key, ...] = (
+    Key(
+        "endpoint",
+        str,
+        DEFAULT_ENDPOINT,
+        "ZeroMQ endpoint the agent binds (tcp://HOST:PORT, PORT may be *, or ipc://PATH)",
+    ),
+    Key(
+        "insecure",
+        bool,
+        False,
+        "allow binding beyond loopback without CURVE (plain TCP on the network)",
+    ),
+    Key("name", str, "", "label shown by `dedgeai status`; empty: the host name"),
+    Key(
+        "state_dir",
+        str,
+        "",
+        "journal, results and caches; empty: $STATE_DIRECTORY under systemd, "
+        "else the per-user state directory",
+    ),
+    Key(
+        "model",
+        str,
+        "tiny",
+        'backend: "tiny" (random weights, images are noise), "emulated" (timing only) '
+        "or a path to SD3-medium weights",
+    ),
+    Key("device", str, "", 'torch device such as "cuda:0"; empty: cuda when available, else cpu'),
+    Key(
+        "vram_budget_bytes",
+        int,
+        0,
+        "GPU memory the model may use; 0: free memory read with pynvml minus a margin",
+    ),
+    Key(
+        "placement",
+        str,
+        "",
+        "force a placement kind instead of choosing by budget; empty: automatic",
+    ),
+    Key(
+        "emulated_steps_per_second",
+        float,
+        10.0,
+        'speed of the "emulated" backend at 512x512',
+        _positive,
+    ),
+    Key("max_queue", int, 256, "queued tasks beyond which `submit` gets `error: busy`", _positive),
+    Key(
+        "journal_sync",
+        str,
+        "normal",
+        '"normal": survives crashes of the agent; "full": also power loss (fsync per commit)',
+        _one_of("normal", "full"),
+    ),
+    Key(
+        "retention_max_results",
+        int,
+        1000,
+        "finished tasks (and their images) kept; older ones are deleted",
+        _positive,
+    ),
+    Key(
+        "retention_max_age_s",
+        float,
+        604800.0,
+        "finished tasks older than this are deleted",
+        _positive,
+    ),
+    Key("telemetry_interval_s", float, 1.0, "seconds between GPU/CPU telemetry samples", _positive),
+    Key("metrics_port", int, 0, "Prometheus metrics HTTP port; 0: off", _port),
+    Key("metrics_address", str, "127.0.0.1", "address the metrics HTTP server listens on"),
+    Key(
+        "profile_sizes",
+        list,
+        ["512x512"],
+        "image sizes WxH whose denoising speed is measured at start (the advertised capacity)",
+        _sizes,
+    ),
+    Key("profile_steps", int, 4, "denoising steps per size when measuring capacity", _positive),
+    Key(
+        "shutdown_grace_s",
+        float,
+        8.0,
+        "on SIGTERM, seconds to wait for the current step before exiting",
+        _positive,
+    ),
+    Key(
+        "log_level",
+        str,
+        "info",
+        "debug, info, warning or error",
+        _one_of("debug", "info", "warning", "error"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    endpoint: str = DEFAULT_ENDPOINT
+    insecure: bool = False
+    name: str = ""
+    state_dir: str = ""
+    model: str = "tiny"
+    device: str = ""
+    vram_budget_bytes: int = 0
+    placement: str = ""
+    emulated_steps_per_second: float = 10.0
+    max_queue: int = 256
+    journal_sync: str = "normal"
+    retention_max_results: int = 1000
+    retention_max_age_s: float = 604800.0
+    telemetry_interval_s: float = 1.0
+    metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
+    profile_sizes: tuple[str, ...] = ("512x512",)
+    profile_steps: int = 4
+    shutdown_grace_s: float = 8.0
+    log_level: str = "info"
+    source: str = "defaults"  # where it was read from (not a key)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or socket.gethostname()
+
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        systemd_dirs = os.environ.get("STATE_DIRECTORY")
+        if systemd_dirs:
+            return Path(systemd_dirs.split(":")[0])
+        return platformdirs.user_state_path(APP_NAME) / "agent"
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k.name: getattr(self, k.name) for k in KEYS}
+        out["profile_sizes"] = list(self.profile_sizes)
+        return out
+
+
+def running_as_service() -> bool:
+    return "INVOCATION_ID" in os.environ or "CONFIGURATION_DIRECTORY" in os.environ
+
+
+def default_config_path() -> Path:
+    """/etc/dedgeai/agent.toml under systemd, else the per-user config directory."""
+    if running_as_service():
+        directory = os.environ.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+        return Path(directory) / "agent.toml" if directory else SERVICE_CONFIG_PATH
+    return platformdirs.user_config_path(APP_NAME) / "agent.toml"
+
+
+def _check_value(key: Key, value: Any) -> Any:
+    ok = isinstance(value, key.type) and not (isinstance(value, bool) and key.type is not bool)
+    if key.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(
+            f"`{key.name}` must be {key.type.__name__}, got {type(value).__name__} {value!r}"
+        )
+    complaint = key.check(value) if key.check else None
+    if complaint:
+        raise ConfigError(f"`{key.name}` {complaint} (got {value!r})")
+    return tuple(value) if key.type is list else value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` with a TOML value; a bare word is taken as a string."""
+    name, sep, raw = item.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"override {item!r} must look like key=value")
+    try:
+        value = tomllib.loads(f"x = {raw}")["x"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return name.strip(), value
+
+
+def build_config(values: Mapping[str, Any], source: str = "defaults") -> AgentConfig:
+    known = {k.name: k for k in KEYS}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}"
+        )
+    try:
+        checked = {name: _check_value(known[name], value) for name, value in values.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    config = replace(AgentConfig(), source=source, **checked)
+    check_endpoint(config.endpoint, config.insecure)
+    return config
+
+
+def load_config(
+    path: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> AgentConfig:
+    """Read ``path`` (or the default path when it exists), then apply ``overrides``."""
+    explicit = path is not None
+    path = path if explicit else default_config_path()
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if path.exists() or explicit:
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        source = str(path)
+    nested = sorted(k for k, v in values.items() if isinstance(v, dict))
+    if nested:
+        raise ConfigError(f"{source}: tables {nested} are not supported; keys are top-level")
+    values.update(overrides or {})
+    return build_config(values, source + (" + overrides" if overrides else ""))
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(endpoint: str, insecure: bool) -> None:
+    """Refuse malformed endpoints, and non-loopback TCP unless ``insecure`` (no CURVE yet)."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return
+    if not endpoint.startswith("tcp://"):
+        raise ConfigError(f"`endpoint` must be tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
+    host, sep, port = endpoint[len("tcp://") :].rpartition(":")
+    if not sep or not host or not (port == "*" or (port.isdigit() and 0 < int(port) < 65536)):
+        raise ConfigError(
+            f"`endpoint` must be tcp://HOST:PORT (PORT 1..65535 or *), got {endpoint!r}"
+        )
+    if not _is_loopback(host) and not insecure:
+        raise ConfigError(
+            f"`endpoint` {endpoint} is reachable beyond this machine and CURVE security is not "
+            "available yet; bind to 127.0.0.1, or set `insecure = true` to accept plain TCP"
+        )
+
+
+def render_toml(config: AgentConfig) -> str:
+    """The effective config as TOML, each key preceded by its documentation."""
+    lines = [f"# dedgeai agent configuration (effective; source: {config.source})", ""]
+    for key in KEYS:
+        value = getattr(config, key.name)
+        lines.append(f"# {key.doc} (default: {_toml_value(key.default)})")
+        lines.append(f"{key.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,297 @@
+"""The agent's decisions, without sockets or threads: messages and worker events in, effects out.
+
+``AgentCore`` holds the unfinished tasks, the FIFO and the subscribers. Each handler
+returns a list of effects that the daemon's loop carries out in order, with one rule:
+all ``Persist`` effects of a batch are committed before any ``Send`` of that batch, so a
+task is in the journal before its ``accepted`` leaves the agent.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dedgeai.agent import protocol as p
+from dedgeai.agent.errors import ErrorCode
+from dedgeai.agent.protocol import NodeId, TaskId
+from dedgeai.agent.tasks import (
+    CancelRequested,
+    Failed,
+    Finished,
+    Interrupted,
+    Started,
+    Stepped,
+    Stopped,
+    TaskRecord,
+    TaskState,
+    apply,
+    backlog,
+    summary,
+)
+from dedgeai.agent.worker import Job, JobFailed, JobFinished, JobStopped, StepDone, WorkerEvent
+from dedgeai.models.backend import SpeedProfile
+
+MAX_SUBSCRIBERS_PER_TASK = 16
+Route = tuple[bytes, ...]  # ROUTER identity frames (plus an empty delimiter for REQ peers)
+
+
+@dataclass(frozen=True)
+class Send:
+    route: Route
+    message: dict[str, Any]
+    png: bytes | None = None  # a second frame (``done``)
+
+
+@dataclass(frozen=True)
+class Persist:
+    task: TaskRecord
+
+
+@dataclass(frozen=True)
+class StartJob:
+    job: Job
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    task: TaskId
+
+
+Effect = Send | Persist | StartJob | CancelJob
+
+
+class Store(Protocol):
+    """What the core reads from disk: finished tasks and their images."""
+
+    def finished(self, task: str) -> TaskRecord | None: ...
+
+    def png(self, task: str) -> bytes | None: ...
+
+    def result_meta(self, task: str) -> dict[str, Any] | None: ...
+
+    def recent(self, limit: int, state: str | None) -> list[TaskRecord]: ...
+
+    def take_seq(self) -> int: ...
+
+
+class AgentCore:
+    def __init__(self, node: NodeId, max_queue: int, store: Store) -> None:
+        self.node = node
+        self.max_queue = max_queue
+        self.store = store
+        self.tasks: dict[TaskId, TaskRecord] = {}  # unfinished only; finished live on disk
+        self.queue: deque[TaskId] = deque()
+        self.running: TaskId | None = None
+        self.subscribers: dict[TaskId, list[tuple[Route, str]]] = {}
+        self.accepting = True
+        self.profile: SpeedProfile | None = None
+        self.counters: Counter[str] = Counter()  # since this start: started, done, failed, ...
+
+    # --- recovery ------------------------------------------------------------------
+
+    def recover(self, records: list[TaskRecord], now: float) -> list[Effect]:
+        """Load the journal's unfinished tasks: interrupted runs go back to the queue."""
+        effects: list[Effect] = []
+        for task in sorted(records, key=lambda t: t.seq):
+            if task.state is TaskState.RUNNING:
+                meta = self.store.result_meta(task.id)
+                if meta is not None:  # the image was stored but the commit was lost
+                    task = apply(task, Finished(meta.get("finished_at", now), meta))
+                else:
+                    task = apply(task, Interrupted())
+                    if task.cancel_requested:
+                        task = apply(task, CancelRequested(now))
+                effects.append(Persist(task))
+            if task.state is TaskState.QUEUED:
+                self.tasks[task.id] = task
+                self.queue.append(task.id)
+        return effects
+
+    # --- client messages -----------------------------------------------------------
+
+    def handle(self, route: Route, msg: p.ClientMessage, now: float) -> list[Effect]:
+        match msg:
+            case p.Submit():
+                return self._submit(route, msg, now)
+            case p.ResultRequest():
+                return self._result(route, msg)
+            case p.CancelRequest():
+                return self._cancel(route, msg, now)
+            case p.TasksRequest():
+                return [Send(route, self.task_list(msg))]
+        raise TypeError(f"status is answered by the daemon, not the core: {msg!r}")
+
+    def position(self, task: TaskId) -> int:
+        """Tasks that run before this one starts (0: running or next)."""
+        if task == self.running:
+            return 0
+        ahead = self.queue.index(task) if task in self.tasks else 0
+        return ahead + (1 if self.running is not None else 0)
+
+    def _subscribe(self, task: TaskId, route: Route, request_id: str) -> None:
+        subs = self.subscribers.setdefault(task, [])
+        if (route, request_id) not in subs:
+            subs.append((route, request_id))
+            del subs[:-MAX_SUBSCRIBERS_PER_TASK]
+
+    def _submit(self, route: Route, msg: p.Submit, now: float) -> list[Effect]:
+        if not self.accepting:
+            text = "the agent is shutting down; submit again after it restarts"
+            return [Send(route, p.error_reply(msg.id, ErrorCode.SHUTTING_DOWN, text))]
+        if msg.task is not None:
+            known = self.tasks.get(msg.task) or self.store.finished(msg.task)
+            if known is not None:  # a retried submit: same task, never run twice
+                return self._resubmit(route, msg, known)
+        if len(self.queue) >= self.max_queue:
+            self.counters["busy"] += 1
+            text = f"the queue is full ({self.max_queue} tasks); retry later"
+            return [Send(route, p.error_reply(msg.id, ErrorCode.BUSY, text))]
+        task = TaskRecord(
+            id=msg.task or p.new_task_id(),
+            origin=msg.origin or self.node,
+            request=msg.request,
+            seq=self.store.take_seq(),
+            submitted_at=now,
+        )
+        self.tasks[task.id] = task
+        self.queue.append(task.id)
+        self.counters["accepted"] += 1
+        if msg.wait:
+            self._subscribe(task.id, route, msg.id)
+        reply = p.accepted_reply(msg.id, task.id, self.position(task.id), task.origin)
+        return [Persist(task), Send(route, reply)]
+
+    def _resubmit(self, route: Route, msg: p.Submit, known: TaskRecord) -> list[Effect]:
+        if not known.state.finished:
+            if msg.wait:
+                self._subscribe(known.id, route, msg.id)
+            reply = p.accepted_reply(msg.id, known.id, self.position(known.id), known.origin)
+            return [Send(route, reply)]
+        effects: list[Effect] = [Send(route, p.accepted_reply(msg.id, known.id, 0, known.origin))]
+        if msg.wait:
+            effects.append(self._final_reply(route, msg.id, known))
+        return effects
+
+    def _final_reply(self, route: Route, request_id: str, task: TaskRecord) -> Send:
+        if task.state is TaskState.DONE:
+            png = self.store.png(task.id)
+            if png is None:
+                text = "the image file of this task is gone from the results directory"
+                return Send(route, p.error_reply(request_id, ErrorCode.NOT_FOUND, text, task.id))
+            return Send(route, p.envelope("done", request_id, **task.result), png)
+        code = ErrorCode.CANCELLED if task.state is TaskState.CANCELLED else ErrorCode.TASK_FAILED
+        text = task.error or task.state.value
+        return Send(route, p.error_reply(request_id, code, text, task.id))
+
+    def _snapshot(self, request_id: str, task: TaskRecord) -> dict[str, Any]:
+        steps = task.request.steps
+        stage = "queued" if task.state is TaskState.QUEUED else p.STAGES[1 + (task.step >= steps)]
+        return p.progress_reply(
+            request_id, task.id, stage, task.step, steps, self.position(task.id)
+        )
+
+    def _result(self, route: Route, msg: p.ResultRequest) -> list[Effect]:
+        live = self.tasks.get(msg.task)
+        if live is not None:
+            if msg.wait:
+                self._subscribe(live.id, route, msg.id)
+            return [Send(route, self._snapshot(msg.id, live))]
+        finished = self.store.finished(msg.task)
+        if finished is None:
+            return [Send(route, _not_found(msg.id, msg.task))]
+        return [self._final_reply(route, msg.id, finished)]
+
+    def _cancel(self, route: Route, msg: p.CancelRequest, now: float) -> list[Effect]:
+        live = self.tasks.get(msg.task)
+        if live is None:
+            finished = self.store.finished(msg.task)
+            if finished is None:
+                return [Send(route, _not_found(msg.id, msg.task))]
+            text = f"the task already ended: {finished.state.value}"
+            return [Send(route, p.error_reply(msg.id, ErrorCode.ALREADY_FINISHED, text, msg.task))]
+        task = apply(live, CancelRequested(now))
+        reply = p.envelope("cancelled", msg.id, task=task.id, state="cancelling")
+        if task.state is TaskState.RUNNING:
+            self.tasks[task.id] = task
+            return [Persist(task), CancelJob(task.id), Send(route, reply)]
+        self.queue.remove(task.id)
+        reply["state"] = "cancelled"
+        return [*self._finish(task), Send(route, reply)]
+
+    def task_list(self, msg: p.TasksRequest) -> dict[str, Any]:
+        records = {t.id: t for t in self.store.recent(msg.limit, msg.state)}
+        records.update((t.id, t) for t in self.tasks.values() if msg.state in (None, t.state.value))
+        newest = sorted(records.values(), key=lambda t: t.seq, reverse=True)[: msg.limit]
+        return p.envelope("task_list", msg.id, tasks=[summary(t) for t in newest])
+
+    # --- worker events and dispatch ----------------------------------------------
+
+    def on_worker(self, event: WorkerEvent, now: float) -> list[Effect]:
+        task_id = getattr(event, "task", None)  # ProfileReady is handled by the daemon
+        task = self.tasks.get(task_id) if task_id is not None else None
+        if task is None or task.state is not TaskState.RUNNING:
+            return []  # a late event for a task that already moved on
+        match event:
+            case StepDone(step=step, steps=steps):
+                task = self.tasks[task.id] = apply(task, Stepped(step))
+                stage = "decode" if step >= steps else "denoise"
+                return self._notify(task, stage)
+            case JobFinished(at=at, meta=meta, png=png):
+                done = apply(task, Finished(at, meta))
+                return self._finish(done, png)
+            case JobFailed(at=at, error=error):
+                return self._finish(apply(task, Failed(at, error)))
+            case JobStopped(at=at):
+                if task.cancel_requested:
+                    return self._finish(apply(task, Stopped(at)))
+                requeued = self.tasks[task.id] = apply(task, Interrupted())
+                self.queue.appendleft(task.id)  # a checkpointed task keeps its place
+                self.running = None
+                return [Persist(requeued)]
+        return []
+
+    def _finish(self, task: TaskRecord, png: bytes | None = None) -> list[Effect]:
+        """Persist a finished task, tell its subscribers, forget it (disk has it now)."""
+        self.tasks.pop(task.id, None)
+        if self.running == task.id:
+            self.running = None
+        self.counters[task.state.value] += 1
+        effects: list[Effect] = [Persist(task)]
+        for route, rid in self.subscribers.pop(task.id, []):
+            if task.state is TaskState.DONE:
+                effects.append(Send(route, p.envelope("done", rid, **task.result), png or b""))
+            else:
+                effects.append(self._final_reply(route, rid, task))
+        return effects
+
+    def _notify(self, task: TaskRecord, stage: str, position: int = 0) -> list[Effect]:
+        subs = self.subscribers.get(task.id, [])
+        steps = task.request.steps
+        return [
+            Send(route, p.progress_reply(rid, task.id, stage, task.step, steps, position))
+            for route, rid in subs
+        ]
+
+    def plan(self, now: float) -> list[Effect]:
+        """Start the head of the queue when the worker is idle."""
+        if self.running is not None or not self.queue or not self.accepting:
+            return []
+        task = apply(self.tasks[self.queue.popleft()], Started(now))
+        self.tasks[task.id] = task
+        self.running = task.id
+        self.counters["started"] += 1
+        job = Job(task.id, task.origin, task.request, task.submitted_at, now, task.attempts)
+        effects: list[Effect] = [Persist(task), StartJob(job), *self._notify(task, "denoise")]
+        for ahead, queued in enumerate(self.queue, start=1):  # everyone behind moved up one
+            if queued in self.subscribers:
+                effects += self._notify(self.tasks[queued], "queued", ahead)
+        return effects
+
+    def backlog(self) -> tuple[int, float | None]:
+        return backlog(self.tasks.values(), self.profile)
+
+
+def _not_found(request_id: str, task: TaskId) -> dict[str, Any]:
+    text = f"no task {task} here (never submitted, or deleted by retention)"
+    return p.error_reply(request_id, ErrorCode.NOT_FOUND, text, task)

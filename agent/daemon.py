@@ -1,0 +1,357 @@
+"""The agent process: one ROUTER socket, one loop thread that owns it, one GPU worker.
+
+The loop polls the ROUTER and the worker's wake-up socket, hands what arrives to
+``AgentCore`` and carries out the effects it returns (journal first, then sends). It
+never lets a client message raise out of the loop: anything unexpected becomes an
+``error: internal`` reply and a log line.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from dedgeai.agent import protocol as p
+from dedgeai.agent.config import AgentConfig
+from dedgeai.agent.core import AgentCore, CancelJob, Effect, Persist, Route, Send, StartJob
+from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError
+from dedgeai.agent.journal import Journal
+from dedgeai.agent.metrics import AgentMetrics
+from dedgeai.agent.results import ResultStore
+from dedgeai.agent.service import Notifier, StopFlag
+from dedgeai.agent.tasks import TaskRecord
+from dedgeai.agent.telemetry import TelemetrySampler
+from dedgeai.agent.worker import ProfileReady, Worker
+from dedgeai.models.factory import BackendSpec, create_backend
+
+log = logging.getLogger("dedgeai.agent")
+
+POLL_INTERVAL_MS = 100  # the loop's heartbeat: watchdog, metrics and stop checks
+MAX_BATCH = 256  # client messages handled per turn, committed in one transaction
+METRICS_REFRESH_S = 1.0
+RETENTION_EVERY_S = 60.0
+SOCKET_HWM = 10_000  # per peer; beyond it ROUTER drops (clients re-poll with `result`)
+CLOSE_LINGER_MS = 500  # let the last replies leave on shutdown
+
+
+class DiskStore:
+    """The core's view of finished tasks: the journal plus the results directory."""
+
+    def __init__(self, journal: Journal, results: ResultStore) -> None:
+        self.journal, self.results = journal, results
+
+    def finished(self, task: str) -> TaskRecord | None:
+        record = self.journal.get(task)
+        return record if record is not None and record.state.finished else None
+
+    def png(self, task: str) -> bytes | None:
+        return self.results.png(task)
+
+    def result_meta(self, task: str) -> dict[str, Any] | None:
+        return self.results.meta(task)
+
+    def recent(self, limit: int, state: str | None) -> list[TaskRecord]:
+        return self.journal.recent(limit, state)
+
+    def take_seq(self) -> int:
+        return self.journal.take_seq()
+
+
+@functools.cache
+def _version() -> str:
+    try:
+        return metadata.version("dedgeai")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class AgentDaemon:
+    def __init__(self, config: AgentConfig, stop: StopFlag, notifier: Notifier) -> None:
+        self.config, self.stop, self.notifier = config, stop, notifier
+        self.started_at = time.time()
+        self.state_dir = config.state_path()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(self.state_dir / "journal.sqlite3", config.journal_sync)
+        self.results = ResultStore(self.state_dir / "results", fsync=config.journal_sync == "full")
+        self.results.sweep_temporary()
+        self.core = AgentCore(
+            self.journal.require_node_id(), config.max_queue, DiskStore(self.journal, self.results)
+        )
+        self.metrics = AgentMetrics()
+        self._execute(self.core.recover(self.journal.unfinished(), time.time()))
+        self._apply_retention(time.time())
+        if self.core.queue:
+            log.info("resuming %d unfinished task(s) from the journal", len(self.core.queue))
+
+        spec = BackendSpec(
+            model=config.model,
+            vram_budget_bytes=config.vram_budget_bytes or None,
+            device=config.device or None,
+            emulated_steps_per_second=config.emulated_steps_per_second,
+            placement=config.placement or None,
+        )
+        self.backend = create_backend(spec)
+        plan = self.backend.memory_plan()
+        self._plan = {"text": str(plan), **(plan.as_dict() if hasattr(plan, "as_dict") else {})}
+        self._profile_state: dict[str, Any] = {"measuring": True, "error": None, "cached": False}
+
+        self.context = zmq.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
+        self.router.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+        self.router.setsockopt(zmq.RCVHWM, SOCKET_HWM)
+        self.router.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        try:
+            self.router.bind(config.endpoint)
+        except zmq.ZMQError as exc:
+            self.router.close(0)
+            self.context.term()
+            raise ConfigError(f"cannot bind {config.endpoint}: {exc}") from exc
+        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.wake = self.context.socket(zmq.PULL)
+        wake_endpoint = f"inproc://worker-wake-{uuid.uuid4().hex}"
+        self.wake.bind(wake_endpoint)
+        sizes = [tuple(int(v) for v in s.split("x")) for s in config.profile_sizes]
+        self.worker = Worker(
+            self.backend,
+            self.results,
+            self.context,
+            wake_endpoint,
+            self.state_dir / "capacity.json",
+            sizes,  # type: ignore[arg-type]
+            config.profile_steps,
+        ).start()
+        self.telemetry = TelemetrySampler(config.telemetry_interval_s).start()
+        self._telemetry_cache: tuple[object, dict[str, Any]] = (None, {})
+        if config.metrics_port:
+            self.metrics.serve(config.metrics_port, config.metrics_address)
+        self._write_endpoint_files()
+        log.info(
+            "agent %s (%s) listening on %s; backend %s; state in %s",
+            self.core.node,
+            config.display_name,
+            self.endpoint,
+            self.backend.name,
+            self.state_dir,
+        )
+
+    def _write_endpoint_files(self) -> None:
+        """Where clients and tests find a ``*`` port: <state>/agent.endpoint (+ runtime dir)."""
+        targets = [self.state_dir / "agent.endpoint"]
+        runtime = os.environ.get("RUNTIME_DIRECTORY")
+        if runtime:
+            targets.append(Path(runtime.split(":")[0]) / "agent.endpoint")
+        for target in targets:
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(self.endpoint + "\n")
+            tmp.replace(target)
+
+    # --- the loop ------------------------------------------------------------------
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.wake, zmq.POLLIN)
+        self.notifier.ready(f"listening on {self.endpoint}")
+        last_metrics = last_retention = 0.0
+        while not self.stop.is_set():
+            self._turn(poller, POLL_INTERVAL_MS)
+            now = time.time()
+            self.notifier.tick(time.monotonic())
+            if now - last_metrics >= METRICS_REFRESH_S:
+                last_metrics = now
+                self.metrics.update(self.status_body(now))
+            if now - last_retention >= RETENTION_EVERY_S:
+                last_retention = now
+                self._apply_retention(now)
+        self._drain()
+
+    def _turn(self, poller: zmq.Poller, timeout_ms: int) -> None:
+        ready = dict(poller.poll(timeout_ms))
+        now = time.time()
+        effects: list[Effect] = []
+        if self.wake in ready:
+            effects += self._worker_events(now)
+        if self.router in ready:
+            for _ in range(MAX_BATCH):
+                try:
+                    frames = self.router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                effects += self._on_frames(frames, now)
+        effects += self.core.plan(now)
+        self._execute(effects)
+
+    def _worker_events(self, now: float) -> list[Effect]:
+        while True:  # the wake frames only say "look"; the events queue has the content
+            try:
+                self.wake.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        effects: list[Effect] = []
+        while not self.worker.events.empty():
+            event = self.worker.events.get_nowait()
+            if isinstance(event, ProfileReady):
+                self.core.profile = event.profile
+                self._profile_state = {
+                    "measuring": False,
+                    "error": event.error,
+                    "cached": event.cached,
+                }
+                if event.profile is not None:
+                    log.info("capacity: %s steps/s", event.profile.steps_per_second)
+                continue
+            effects += self.core.on_worker(event, now)
+        return effects
+
+    def _on_frames(self, frames: list[bytes], now: float) -> list[Effect]:
+        if len(frames) >= 3 and frames[1] == b"":  # a REQ peer: keep its empty delimiter
+            route: Route = (frames[0], b"")
+            body = frames[2:]
+        else:
+            route, body = (frames[0],), frames[1:]
+        try:
+            msg = p.parse_request(body)
+        except ProtocolError as exc:
+            self.metrics.errors.labels(exc.code.value).inc()
+            reply = p.error_reply(exc.request_id, exc.code, exc.message, field=exc.field)
+            return [Send(route, reply)]
+        kind = type(msg).__name__
+        self.metrics.requests.labels(kind).inc()
+        try:
+            if isinstance(msg, p.StatusRequest):
+                return [Send(route, p.envelope("agent_status", msg.id, **self.status_body(now)))]
+            effects = self.core.handle(route, msg, now)
+        except Exception as exc:  # a bug must cost one reply, not the agent
+            log.exception("handling %s failed", kind)
+            text = f"{type(exc).__name__}: {exc}"
+            return [Send(route, p.error_reply(msg.id, ErrorCode.INTERNAL, text))]
+        for effect in effects:
+            if isinstance(effect, Send) and effect.message.get("type") == "error":
+                self.metrics.errors.labels(effect.message["code"]).inc()
+        return effects
+
+    def _execute(self, effects: list[Effect]) -> None:
+        persisted = [e.task for e in effects if isinstance(e, Persist)]
+        self.journal.save(persisted)  # before any send: "journaled before accepted"
+        for task in persisted:
+            if task.state.finished:
+                wait = task.started_at - task.submitted_at if task.started_at else None
+                service = task.finished_at - task.submitted_at if task.finished_at else None
+                self.metrics.finished(task.state.value, wait, service)
+        for effect in effects:
+            match effect:
+                case Send(route=route, message=message, png=png):
+                    self._send(route, message, png)
+                case StartJob(job=job):
+                    self.worker.run_job(job)
+                case CancelJob(task=task):
+                    self.worker.cancel(task)
+
+    def _send(self, route: Route, message: dict[str, Any], png: bytes | None) -> None:
+        frames = [*route, p.encode(message)]
+        if png is not None:
+            frames.append(png)
+        try:
+            self.router.send_multipart(frames, zmq.NOBLOCK, copy=png is None or len(png) < 65536)
+        except zmq.Again:
+            log.debug("dropped a %s reply: the peer's queue is full", message.get("type"))
+        except zmq.ZMQError as exc:  # e.g. the peer vanished; it will ask again
+            log.debug("could not send %s: %s", message.get("type"), exc)
+
+    def _apply_retention(self, now: float) -> None:
+        config = self.config
+        gone = self.journal.purge(config.retention_max_results, config.retention_max_age_s, now)
+        if gone:
+            self.results.delete(gone)
+            log.info("retention: deleted %d finished task(s)", len(gone))
+
+    # --- status --------------------------------------------------------------------
+
+    def _telemetry_dict(self) -> dict[str, Any]:
+        snapshot = self.telemetry.latest  # converted once per sample, not once per request
+        if self._telemetry_cache[0] is not snapshot:
+            self._telemetry_cache = (snapshot, snapshot.as_dict())
+        return self._telemetry_cache[1]
+
+    def status_body(self, now: float) -> dict[str, Any]:
+        core = self.core
+        backlog_steps, backlog_s = core.backlog()
+        running = core.tasks.get(core.running) if core.running else None
+        profile = core.profile
+        return {
+            "agent": {
+                "node": core.node,
+                "name": self.config.display_name,
+                "endpoint": self.endpoint,
+                "protocol": p.PROTOCOL_VERSION,
+                "version": _version(),
+                "pid": os.getpid(),
+                "uptime_s": now - self.started_at,
+                "accepting": core.accepting,
+            },
+            "backend": {
+                "name": self.backend.name,
+                "model": self.config.model,
+                "emulated": bool(self.backend.emulated),
+                "plan": self._plan,
+            },
+            "telemetry": self._telemetry_dict(),
+            "queue": {
+                "queued": len(core.queue),
+                "max_queue": core.max_queue,
+                "running": running.id if running else None,
+                "running_step": running.step if running else None,
+                "running_steps": running.request.steps if running else None,
+                "backlog_steps": backlog_steps,
+                "backlog_s": backlog_s,
+            },
+            "capacity": {
+                "steps_per_second": profile.steps_per_second if profile else None,
+                **self._profile_state,
+            },
+            "counters": dict(core.counters),
+        }
+
+    # --- shutdown ------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Stop taking tasks, let the current step end (checkpoint), keep answering meanwhile."""
+        log.info("stopping: no new tasks; waiting for the current step")
+        self.notifier.stopping()
+        self.core.accepting = False
+        self.worker.stop()
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.wake, zmq.POLLIN)
+        deadline = time.monotonic() + self.config.shutdown_grace_s
+        while time.monotonic() < deadline:
+            self._turn(poller, 20)
+            if self.worker.join(0) and self.worker.events.empty():
+                break
+        self._execute(self._worker_events(time.time()))
+        if self.core.running is not None:
+            log.warning(
+                "task %s did not reach a step boundary; it reruns at next start", self.core.running
+            )
+
+    def close(self) -> None:
+        self.telemetry.stop()
+        self.metrics.close()
+        self.router.close()
+        self.wake.close(0)
+        worker_done = self.worker.join(0.5)
+        if worker_done:
+            self.context.term()  # would block on the worker's socket otherwise
+            self.backend.close()
+        self.journal.close()
+        for target in (self.state_dir / "agent.endpoint",):
+            target.unlink(missing_ok=True)

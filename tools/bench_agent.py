@@ -1,0 +1,186 @@
+"""Benchmark one agent on loopback: submit round trip, status rate under load, overhead.
+
+Starts real agent processes (``python -m dedgeai.agent``) in a temporary directory and
+measures, from one client:
+  * submit -> accepted round trip (median, p99), journal_sync "normal" and "full" side by side
+  * status requests per second while a task is running (emulated and tiny backends)
+  * agent overhead on a tiny-model task: client-side total minus the backend's own time
+
+    python tools/bench_agent.py [--out runs/bench_agent.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from dedgeai.agent.client import AgentClient
+from dedgeai.models.backend import GenerationRequest
+
+TARGETS = {"submit_median_ms": 1.0, "submit_p99_ms": 5.0, "status_per_s": 2000.0,
+           "overhead_median_ms": 10.0}  # fmt: skip
+
+
+@dataclass
+class Scenario:
+    name: str
+    metric: str
+    settings: dict[str, Any]
+    value: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+    target: str = ""
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Agent:
+    def __init__(self, root: Path, **settings: Any) -> None:
+        self.dir = root / f"agent-{len(list(root.iterdir()))}"
+        self.dir.mkdir()
+        config = {"endpoint": "tcp://127.0.0.1:*", "state_dir": str(self.dir / "state"),
+                  "max_queue": 1_000_000, **settings}  # fmt: skip
+        lines = [f"{k} = {json.dumps(v)}" for k, v in config.items()]
+        (self.dir / "agent.toml").write_text("\n".join(lines) + "\n")
+        self.log = open(self.dir / "agent.log", "wb")  # noqa: SIM115 - lives as long as the agent
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dedgeai.agent", "--config", str(self.dir / "agent.toml")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        marker = self.dir / "state" / "agent.endpoint"
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((self.dir / "agent.log").read_text())
+            time.sleep(0.05)
+        self.endpoint = marker.read_text().strip()
+
+    def client(self) -> AgentClient:
+        return AgentClient(self.endpoint, timeout_s=30.0)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+        self.log.close()
+
+
+def bench_submit(root: Path, sync: str, rounds: int) -> Scenario:
+    agent = Agent(root, model="emulated", emulated_steps_per_second=1e6, journal_sync=sync)
+    request = GenerationRequest(prompt="a small boat", steps=1, width=256, height=256)
+    samples: list[float] = []
+    try:
+        with agent.client() as client:
+            for i in range(rounds + 200):
+                started = time.perf_counter()
+                client.submit(request, wait=False)
+                if i >= 200:  # warm-up rounds excluded
+                    samples.append(time.perf_counter() - started)
+    finally:
+        agent.close()
+    scenario = Scenario(f"submit->accepted ({sync})", "median_ms", {"sync": sync, "rounds": rounds})
+    scenario.value = statistics.median(samples) * 1e3
+    scenario.extra = {"p99_ms": _pct(samples, 0.99) * 1e3, "max_ms": max(samples) * 1e3}
+    scenario.target = "median <= 1 ms, p99 <= 5 ms"
+    return scenario
+
+
+def bench_status(root: Path, model: str, seconds: float) -> Scenario:
+    settings: dict[str, Any] = {"model": model, "profile_sizes": ["256x256"], "profile_steps": 1}
+    if model == "emulated":
+        settings["emulated_steps_per_second"] = 5.0
+    agent = Agent(root, **settings)
+    try:
+        with agent.client() as client:
+            # About 10 s on the tiny model on 2 CPU cores, 20 s emulated: outlasts the window.
+            big = GenerationRequest(prompt="a long task", steps=100, width=1024, height=1024)
+            client.submit(big)
+            deadline = time.monotonic() + 120
+            while client.status()["queue"]["running_step"] in (None, 0):  # task is denoising
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the task did not start")
+                time.sleep(0.01)
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                client.status()
+                count += 1
+            elapsed = time.perf_counter() - started
+            still = client.status()["queue"]["running"] is not None
+    finally:
+        agent.close()
+    scenario = Scenario(f"status while running ({model})", "per_s", {"model": model})
+    scenario.value = count / elapsed
+    scenario.extra = {"requests": count, "task_still_running": float(still)}
+    scenario.target = ">= 2000 / s"
+    return scenario
+
+
+def bench_overhead(root: Path, tasks: int) -> Scenario:
+    agent = Agent(root, model="tiny", device="cpu", profile_sizes=["256x256"], profile_steps=1)
+    request = GenerationRequest(prompt="a lighthouse at dusk", steps=2, width=256, height=256)
+    overheads, backend = [], []
+    try:
+        with agent.client() as client:
+            for i in range(tasks + 2):
+                started = time.perf_counter()
+                _accepted, done = client.generate(request)
+                total = time.perf_counter() - started
+                if i >= 2:  # the first runs warm up torch
+                    overheads.append(total - done.get("timings")["backend_s"])
+                    backend.append(done.get("timings")["backend_s"])
+    finally:
+        agent.close()
+    scenario = Scenario("agent overhead (tiny 256x256, 2 steps)", "median_ms", {"tasks": tasks})
+    scenario.value = statistics.median(overheads) * 1e3
+    scenario.extra = {"p90_ms": _pct(overheads, 0.9) * 1e3,
+                      "backend_median_ms": statistics.median(backend) * 1e3}  # fmt: skip
+    scenario.target = "median <= 10 ms"
+    return scenario
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_agent.json"))
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    args = parser.parse_args()
+    rounds, seconds, tasks = (300, 1.0, 5) if args.quick else (3000, 3.0, 20)
+    with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
+        root = Path(tmp)
+        scenarios = [
+            bench_submit(root, "normal", rounds),
+            bench_submit(root, "full", rounds),
+            bench_status(root, "emulated", seconds),
+            bench_status(root, "tiny", seconds),
+            bench_overhead(root, tasks),
+        ]
+    table = Table(title="dedgeai agent on loopback")
+    for column in ("scenario", "value", "details", "target"):
+        table.add_column(column)
+    for s in scenarios:
+        details = ", ".join(f"{k} {v:.3g}" for k, v in s.extra.items())
+        table.add_row(s.name, f"{s.value:.3g} {s.metric}", details, s.target)
+    Console(width=120).print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"python": platform.python_version(), "machine": platform.machine(),
+               "cpus": __import__("os").cpu_count()}  # fmt: skip
+    args.out.write_text(json.dumps({"machine": machine,
+                                    "scenarios": [asdict(s) for s in scenarios]}, indent=2))  # fmt: skip
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
