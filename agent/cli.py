@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import typer  # noqa: E402
 
-from dedgeai.agent import cli_agent, cli_models, cli_sim  # noqa: E402
+from dedgeai.agent import cli_agent, cli_demo, cli_keys, cli_models, cli_sim  # noqa: E402
 
 app = typer.Typer(
     name="dedgeai",
@@ -26,6 +26,8 @@ app = typer.Typer(
 app.add_typer(cli_sim.app, name="sim")
 cli_models.register(app)
 cli_agent.register(app)
+cli_keys.register(app)
+cli_demo.register(app)
 
 
 def main() -> None:

@@ -246,6 +246,56 @@ class OnlinePolicy:
         self.trained_steps += 1
         return metrics
 
+    # ---- warm start ---------------------------------------------------------------------------
+    def imitate(
+        self,
+        states: np.ndarray,
+        actions: np.ndarray,
+        mask: np.ndarray | None = None,
+        steps: int = 200,
+        batch_size: int = 256,
+        lr: float = 3e-3,
+    ) -> float:
+        """Behaviour cloning: fit π(·|s) (DQN: softmax of Q) to ``actions`` by cross-entropy.
+
+        A fresh actor knows nothing; cloning a sound heuristic (the greedy earliest-finish
+        rule) first lets online learning start from sensible decisions. Returns the last loss.
+        """
+        learner = self.learner
+        s = torch.as_tensor(states, dtype=torch.float32)
+        a = torch.as_tensor(actions, dtype=torch.long)
+        allowed = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        if isinstance(learner, DQNTS):
+            params = list(learner.q.parameters())
+        else:
+            params = list(learner.actor.parameters())  # type: ignore[attr-defined]
+        opt = torch.optim.Adam(params, lr=lr)
+        g = learner.generator
+        loss = torch.tensor(float("nan"))
+        for _ in range(steps):
+            idx = torch.randint(0, s.shape[0], (min(batch_size, s.shape[0]),), generator=g)
+            sb, ab = s[idx][None], a[idx][None]
+            mb = None if allowed is None else allowed[idx][None]
+            if isinstance(learner, DQNTS):
+                logp = torch.log_softmax(learner.q_values(sb, mb), dim=-1)
+            elif isinstance(learner, LADTS):
+                rows = learner._memory_rows(0)
+                x = None
+                if rows is not None:
+                    x = rows[0, torch.randint(0, rows.shape[1], (sb.shape[1],), generator=g)][None]
+                logp = torch.log(learner.probs(sb, x, mb) + 1e-8)
+            else:
+                logp = torch.log(learner.probs(sb, mb) + 1e-8)  # type: ignore[attr-defined]
+            # Expected accuracy, not log-likelihood: a noisy chain (LAD, D2SAC) often gives the
+            # target a probability near 0 in one sample, and its log would swamp the gradient.
+            loss = 1.0 - logp[0].exp().gather(1, ab[0][:, None]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if isinstance(learner, DQNTS):
+            learner.q_target.load_state_dict(learner.q.state_dict())
+        return float(loss.detach())
+
     # ---- checkpoints --------------------------------------------------------------------------
     def config(self) -> dict[str, object]:
         return {

@@ -1,0 +1,7 @@
+"""`dedgeai keys ...`: CURVE key management (being written)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    return None

@@ -1,0 +1,129 @@
+"""The daemon-side cluster scheduler: heuristics, learned policies, masking, delayed rewards."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dedgeai.scheduler.config import Switches, get_preset
+from dedgeai.scheduler.errors import CheckpointError, ConfigurationError
+from dedgeai.scheduler.online import (
+    POLICIES,
+    ClusterScheduler,
+    ClusterState,
+    TaskSpec,
+    estimated_finish_s,
+)
+from dedgeai.scheduler.policy import save_trained
+from dedgeai.scheduler.simulate import train
+
+B = 4
+
+
+def _cluster(rng: np.random.Generator, available: np.ndarray | None = None) -> ClusterState:
+    capacity = rng.uniform(10, 50, B)
+    return ClusterState(
+        self_index=1,
+        backlog_steps=rng.uniform(0, 20, B) * capacity,
+        interval_load_steps=rng.uniform(0, 3, B) * capacity,
+        capacity_steps_per_s=capacity,
+        available=np.ones(B, dtype=bool) if available is None else available,
+    )
+
+
+def test_greedy_is_earliest_estimated_finish() -> None:
+    cluster = ClusterState(
+        0,
+        np.array([100.0, 0.0, 50.0, 0.0]),
+        np.zeros(B),
+        np.array([10.0, 10.0, 10.0, 40.0]),
+        np.ones(B, bool),
+    )
+    placement = ClusterScheduler("greedy", B, 0).decide(TaskSpec(20.0, 0.01), cluster)
+    assert placement.target == 3  # idle and fastest
+    assert estimated_finish_s(TaskSpec(20.0, 0.01), cluster)[3] == pytest.approx(0.5)
+
+
+def test_round_robin_skips_down_servers_and_local_falls_back() -> None:
+    available = np.array([True, False, True, True])
+    rng = np.random.default_rng(0)
+    rr = ClusterScheduler("round-robin", B, 1)
+    targets = [rr.decide(TaskSpec(10, 0.01), _cluster(rng, available)).target for _ in range(6)]
+    assert targets == [2, 3, 0, 2, 3, 0]
+    local = ClusterScheduler("local", B, 1).decide(TaskSpec(10, 0.01), _cluster(rng, available))
+    assert local.target != 1 and "down" in local.reason
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_no_policy_picks_a_down_server(policy: str) -> None:
+    rng = np.random.default_rng(3)
+    available = np.array([True, False, True, False])
+    scheduler = ClusterScheduler(policy, B, 0, seed=1, learn=True)
+    for i in range(60):
+        placement = scheduler.decide(
+            TaskSpec(float(rng.uniform(5, 40)), 0.01), _cluster(rng, available), f"t{i}"
+        )
+        assert available[placement.target]
+        assert placement.probs[~available].sum() == 0.0
+
+
+def test_learned_policy_records_rewards_and_trains(tmp_path: Path) -> None:
+    scheduler = ClusterScheduler("lad", B, 2, seed=0, learn=True)
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        if i % 20 == 0:
+            scheduler.start_interval()
+        scheduler.decide(TaskSpec(float(rng.uniform(5, 40)), 0.01), _cluster(rng), f"task-{i}")
+        assert scheduler.complete(f"task-{i}", float(rng.uniform(0.5, 5)))
+    metrics = scheduler.train_step()
+    assert metrics is not None and scheduler.trained_steps == 1
+    assert scheduler.save(tmp_path / "policy.pt")
+    reloaded = ClusterScheduler("lad", B, 2, checkpoint=tmp_path / "policy.pt", learn=True)
+    assert reloaded.trained_steps == 1
+
+
+def test_warm_start_beats_chance() -> None:
+    """A fresh SAC actor cloned from greedy agrees with greedy far more often than at random."""
+    scheduler = ClusterScheduler("sac", B, 0, seed=0)
+    rng = np.random.default_rng(11)
+    agree = 0
+    for _ in range(300):
+        cluster, task = _cluster(rng), TaskSpec(float(rng.uniform(5, 40)), 0.01)
+        agree += scheduler.decide(task, cluster).target == int(
+            np.argmin(estimated_finish_s(task, cluster))
+        )
+    assert agree / 300 > 0.45  # chance is 1/4
+
+
+def test_sim_checkpoint_serves_its_row_and_wrong_size_is_refused(tmp_path: Path) -> None:
+    learner, _ = train("sac", get_preset("small"), Switches(), seed=0, episodes=1)
+    save_trained(tmp_path / "policy.pt", learner, "sac", 1, 0)
+    scheduler = ClusterScheduler("sac", 4, 3, checkpoint=tmp_path / "policy.pt")
+    assert scheduler.decide(TaskSpec(10, 0.01), _cluster(np.random.default_rng(0))).policy == "sac"
+    with pytest.raises(CheckpointError, match="4 servers"):
+        ClusterScheduler("sac", 6, 0, checkpoint=tmp_path / "policy.pt")
+    with pytest.raises(ConfigurationError, match="not lad"):
+        ClusterScheduler("lad", 4, 0, checkpoint=tmp_path / "policy.pt")
+
+
+def test_bad_inputs_are_clear_errors() -> None:
+    with pytest.raises(ConfigurationError, match="unknown policy"):
+        ClusterScheduler("fastest", B, 0)
+    scheduler = ClusterScheduler("greedy", B, 0)
+    with pytest.raises(ConfigurationError, match="exactly 4 servers"):
+        scheduler.decide(
+            TaskSpec(1, 0.01),
+            ClusterState(0, np.zeros(3), np.zeros(3), np.ones(3), np.ones(3, bool)),
+        )
+    with pytest.raises(ConfigurationError, match="no server is available"):
+        scheduler.decide(
+            TaskSpec(1, 0.01),
+            ClusterState(0, np.zeros(B), np.zeros(B), np.ones(B), np.zeros(B, bool)),
+        )
+
+
+def test_single_server_runs_everything_locally() -> None:
+    placement = ClusterScheduler("lad", 1, 0).decide(
+        TaskSpec(10, 0.01), ClusterState(0, np.zeros(1), np.zeros(1), np.ones(1), np.ones(1, bool))
+    )
+    assert placement.target == 0
