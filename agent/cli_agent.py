@@ -27,6 +27,7 @@ from dedgeai.agent.errors import (
     AgentBusy,
     ConfigError,
     DedgeaiError,
+    HandshakeFailed,
     PeerUnavailable,
     RemoteError,
     TaskFailed,
@@ -34,6 +35,7 @@ from dedgeai.agent.errors import (
 )
 from dedgeai.agent.exit_codes import ExitCode
 from dedgeai.agent.protocol import Reply
+from dedgeai.agent.security import CLIENT_KEYS_ENV, SERVER_KEY_ENV, ClientSecurity
 from dedgeai.models.backend import MAX_SEED, GenerationRequest
 from dedgeai.models.errors import InvalidRequest
 
@@ -61,6 +63,22 @@ ConfigOpt = Annotated[
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a key: --set max_queue=64 (repeatable).")
 ]
+ServerKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server-key",
+        envvar=SERVER_KEY_ENV,
+        help="The agent's public key (its agent.key file, or the key): connect with CURVE.",
+    ),
+]
+ClientKeysOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-keys",
+        envvar=CLIENT_KEYS_ENV,
+        help="Directory of this client's key pair (default: where `dedgeai keys generate` writes).",
+    ),
+]
 
 # RemoteError codes that mean "the caller asked for something wrong".
 _BAD_INPUT_CODES = {"bad_frame", "bad_version", "bad_type", "bad_field", "already_finished"}
@@ -71,6 +89,9 @@ def exit_on_errors() -> Iterator[None]:
     """Map library errors to the documented exit codes, with one line on stderr."""
     try:
         yield
+    except HandshakeFailed as exc:
+        err.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(ExitCode.BAD_INPUT) from exc
     except (ConfigError, InvalidRequest) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(ExitCode.BAD_INPUT) from exc
@@ -125,6 +146,13 @@ def agent_config(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt
 
 
 # --- client commands --------------------------------------------------------------
+
+
+def _client(
+    agent: str | None, timeout: float, server_key: str | None, client_keys: Path | None
+) -> AgentClient:
+    security = ClientSecurity.resolve(server_key, client_keys)
+    return AgentClient(agent, timeout_s=timeout, security=security)
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -200,6 +228,8 @@ def submit(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the task id and exit.")] = False,
     as_json: JsonOpt = False,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    server_key: ServerKeyOpt = None,
+    client_keys: ClientKeysOpt = None,
 ) -> None:
     """Submit a prompt, show its progress, save the PNG."""
     with exit_on_errors():
@@ -213,7 +243,7 @@ def submit(
             guidance=guidance,
             seed=random.randint(0, MAX_SEED) if seed is None else seed,
         ).validate()
-        with AgentClient(agent, timeout_s=timeout) as client:
+        with _client(agent, timeout, server_key, client_keys) as client:
             started = time.perf_counter()
             if no_wait:
                 accepted = client.submit(request, wait=False)
@@ -231,15 +261,21 @@ def submit(
 
 
 def status(
-    agent: AgentOpt = None, as_json: JsonOpt = False, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S
+    agent: AgentOpt = None,
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    server_key: ServerKeyOpt = None,
+    client_keys: ClientKeysOpt = None,
 ) -> None:
-    """The agent's device, telemetry, backlog, capacity, model and plan."""
-    with exit_on_errors(), AgentClient(agent, timeout_s=timeout) as client:
+    """The agent's device, telemetry, backlog, capacity, model and plan; the cluster it sees."""
+    with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
         body = client.status()
     if as_json:
         print(json.dumps(body, indent=2, default=str))
     else:
         out.print(render.status_table(body))
+        if body.get("cluster"):
+            out.print(render.cluster_table(body["cluster"]))
 
 
 def tasks(
@@ -250,9 +286,11 @@ def tasks(
     ] = None,
     as_json: JsonOpt = False,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    server_key: ServerKeyOpt = None,
+    client_keys: ClientKeysOpt = None,
 ) -> None:
     """Recent tasks, newest first."""
-    with exit_on_errors(), AgentClient(agent, timeout_s=timeout) as client:
+    with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
         rows = client.tasks(limit, state)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -269,9 +307,11 @@ def result(
     ] = True,
     as_json: JsonOpt = False,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    server_key: ServerKeyOpt = None,
+    client_keys: ClientKeysOpt = None,
 ) -> None:
     """Fetch a task's PNG and timings (waits for it unless --no-wait)."""
-    with exit_on_errors(), AgentClient(agent, timeout_s=timeout) as client:
+    with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
         reply = client.result(task, wait=wait)
         if reply.type == "progress" and wait:
             show = not as_json and err.is_terminal
@@ -296,9 +336,11 @@ def cancel(
     task: Annotated[str, typer.Argument(help="Task id.")],
     agent: AgentOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    server_key: ServerKeyOpt = None,
+    client_keys: ClientKeysOpt = None,
 ) -> None:
     """Cancel a queued task, or a running one at its next step."""
-    with exit_on_errors(), AgentClient(agent, timeout_s=timeout) as client:
+    with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
         reply = client.cancel(task)
     out.print(f"{reply.get('task')}: {reply.get('state')}")
 

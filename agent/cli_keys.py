@@ -1,7 +1,139 @@
-"""`dedgeai keys ...`: CURVE key management (being written)."""
+"""`dedgeai keys generate|show|authorize|list`: the CURVE key pair and the authorized keys.
+
+Keys live where the agent reads them: ``keys_dir`` and ``authorized_keys_dir`` of its
+configuration (``--config``, else the default file), or ``--dir`` for both (keys in DIR,
+authorized keys in DIR/authorized_keys). Exit codes: 0 done · 2 bad input (a key pair
+already there without ``--force``, no key pair, an unreadable key file, a bad name).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from dedgeai.agent.cli_agent import ConfigOpt, JsonOpt, exit_on_errors
+from dedgeai.agent.config import load_config
+from dedgeai.agent.security import (
+    AUTHORIZED_DIR,
+    SecurityConfig,
+    authorize,
+    authorized_keys,
+    fingerprint,
+    generate_keypair,
+    load_keypair,
+)
+
+out = Console()
+
+app = typer.Typer(
+    help="CURVE keys: this agent's key pair and the public keys it accepts.",
+    no_args_is_help=True,
+)
+
+DirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        "-d",
+        help="Keys directory (default: the agent's `keys_dir`, i.e. its config directory).",
+    ),
+]
 
 
-def register(app: typer.Typer) -> None:
-    return None
+def _where(directory: Path | None, config: Path | None) -> SecurityConfig:
+    if directory is not None:
+        directory = directory.expanduser()
+        return SecurityConfig(directory, directory / AUTHORIZED_DIR)
+    return SecurityConfig.from_config(load_config(config))
+
+
+@app.command()
+def generate(
+    directory: DirOpt = None,
+    config: ConfigOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key pair.")] = False,
+) -> None:
+    """Write this agent's key pair: agent.key (public) and agent.key_secret (mode 0600)."""
+    with exit_on_errors():
+        keys = _where(directory, config)
+        pair = generate_keypair(keys.keys_dir, force=force)
+    out.print(
+        f"secret key: {pair.public_path.with_name('agent.key_secret')} (mode 0600)", soft_wrap=True
+    )
+    out.print(f"public key: {pair.public_path}", soft_wrap=True)
+    out.print(pair.public.decode(), highlight=False, markup=False)
+    out.print(
+        "give the public key file to the agents this one connects to, "
+        "and run `dedgeai keys authorize FILE` there"
+    )
+
+
+@app.command()
+def show(directory: DirOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Print this agent's public key (safe to share; the secret key is never printed)."""
+    with exit_on_errors():
+        pair = load_keypair(_where(directory, config).keys_dir)
+    if as_json:
+        body = {"public_key": pair.public.decode(), "path": str(pair.public_path)}
+        print(json.dumps({**body, "fingerprint": fingerprint(pair.public)}))
+    else:
+        print(pair.public.decode())
+
+
+@app.command("authorize")
+def authorize_command(
+    public_key: Annotated[
+        str, typer.Argument(help="A public key file (agent.key of a peer or client), or the key.")
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="File name in authorized_keys.")
+    ] = None,
+    directory: DirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Allow a peer or client: copy its public key into authorized_keys (no restart needed)."""
+    with exit_on_errors():
+        target = authorize(_where(directory, config).authorized_keys_dir, public_key, name)
+    out.print(f"authorized: {target}", soft_wrap=True)
+
+
+@app.command("list")
+def list_command(
+    directory: DirOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
+    """The authorized public keys (this agent's own key is always accepted too)."""
+    with exit_on_errors():
+        keys = _where(directory, config)
+        entries = authorized_keys(keys.authorized_keys_dir)
+    rows = [
+        {
+            "name": e.name,
+            "public_key": e.public.decode() if e.public else None,
+            "fingerprint": fingerprint(e.public) if e.public else None,
+            "path": str(e.path),
+        }
+        for e in entries
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"authorized keys in {keys.authorized_keys_dir}")
+    for column in ("name", "public key", "fingerprint"):
+        table.add_column(column)
+    for row in rows:
+        key = Text(row["public_key"]) if row["public_key"] else Text("invalid", style="red")
+        table.add_row(row["name"], key, row["fingerprint"] or "")  # Z85 has "[": not markup
+    out.print(table)
+    if not rows:
+        out.print("none: only this agent's own key is accepted")
+
+
+def register(root: typer.Typer) -> None:
+    """Add `dedgeai keys ...` to the root app."""
+    root.add_typer(app, name="keys")

@@ -6,6 +6,8 @@ to ``retries`` times, then PeerUnavailable. Retrying ``submit`` is safe because 
 picks the task id: the agent answers a repeated id with the task it already has.
 While waiting for a task, silence is answered with ``result {wait: true}``, which both
 checks that the agent is alive and re-subscribes after a reconnect or an agent restart.
+With ``security`` the DEALER is a CURVE client; every connection's handshake is watched,
+so a refused key (or a CURVE/plain mismatch) raises HandshakeFailed at once, not a timeout.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dedgeai.agent import protocol as p
 from dedgeai.agent.config import DEFAULT_ENDPOINT
 from dedgeai.agent.errors import PeerUnavailable, remote_error
 from dedgeai.agent.protocol import Reply, TaskId
+from dedgeai.agent.security import ClientSecurity, HandshakeMonitor
 from dedgeai.models.backend import GenerationRequest
 
 DEFAULT_TIMEOUT_S = 3.0
@@ -44,8 +47,10 @@ class AgentClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
         context: zmq.Context | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.endpoint = endpoint or default_endpoint()
+        self.security = security
         self.timeout_s = timeout_s
         self.retries = max(1, retries)
         self._context = context or zmq.Context.instance()
@@ -56,14 +61,22 @@ class AgentClient:
     def _connect(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.security is not None:
+            self.security.apply(sock)
+        key_path = self.security.keys.public_path if self.security else None
+        self._monitor = HandshakeMonitor(sock, self.endpoint, self.security is not None, key_path)
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._monitor.socket, zmq.POLLIN)
         sock.connect(self.endpoint)
         return sock
 
     def _reconnect(self) -> None:
-        self._socket.close(0)
+        self.close()
         self._socket = self._connect()
 
     def close(self) -> None:
+        self._monitor.close()
         self._socket.close(0)
 
     def __enter__(self) -> AgentClient:
@@ -81,10 +94,17 @@ class AgentClient:
         self._socket.send_multipart(frames)
 
     def recv(self, timeout_s: float) -> Reply | None:
-        """The next reply within ``timeout_s``, or None."""
-        if not self._socket.poll(int(timeout_s * 1000), zmq.POLLIN):
-            return None
-        return p.parse_reply(self._socket.recv_multipart())
+        """The next reply within ``timeout_s``, or None. Raises HandshakeFailed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            ready = dict(self._poller.poll(left_ms))
+            if self._monitor.socket in ready:
+                self._monitor.check()
+            if self._socket in ready:
+                return p.parse_reply(self._socket.recv_multipart())
+            if not ready or time.monotonic() >= deadline:
+                return None
 
     def request(self, message: dict[str, Any], raise_errors: bool = True) -> Reply:
         """Send ``message`` (an ``id`` is added) and return the reply with that id."""

@@ -50,6 +50,14 @@ def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be 0 (off) or a TCP port 1..65535"
 
 
+def _peers(value: list[Any]) -> str | None:
+    for item in value:
+        ok = isinstance(item, str) and item.startswith("tcp://") and ":" in item[len("tcp://") :]
+        if not ok:
+            return f'entries must look like "tcp://HOST:PORT", got {item!r}'
+    return None
+
+
 def _sizes(value: list[Any]) -> str | None:
     for item in value:
         parts = item.split("x") if isinstance(item, str) else []
@@ -70,6 +78,27 @@ KEYS: tuple[Key, ...] = (
         bool,
         False,
         "allow binding beyond loopback without CURVE (plain TCP on the network)",
+    ),
+    Key(
+        "curve",
+        bool,
+        True,
+        "CURVE encryption and authentication (zmq.auth): on when the key pair exists in "
+        "`keys_dir` or the endpoint is beyond loopback; false: never (loopback or `insecure`)",
+    ),
+    Key(
+        "keys_dir",
+        str,
+        "",
+        "directory of this agent's key pair (agent.key, agent.key_secret, from `dedgeai keys "
+        "generate`); empty: the directory of the default config file",
+    ),
+    Key(
+        "authorized_keys_dir",
+        str,
+        "",
+        "public keys (*.key) of the peers and clients allowed to connect; "
+        "empty: `keys_dir`/authorized_keys",
     ),
     Key("name", str, "", "label shown by `dedgeai status`; empty: the host name"),
     Key(
@@ -153,6 +182,66 @@ KEYS: tuple[Key, ...] = (
         "debug, info, warning or error",
         _one_of("debug", "info", "warning", "error"),
     ),
+    Key(
+        "peers",
+        list,
+        [],
+        "endpoints of the other agents (tcp://HOST:PORT); this agent's own endpoint may be "
+        "listed too (one list for the whole cluster) and is skipped",
+        _peers,
+    ),
+    Key(
+        "policy",
+        str,
+        "lad",
+        "where each submitted task runs: lad, sac, dqn (learned), greedy, least-loaded, "
+        "round-robin, random or local",
+        _one_of("lad", "sac", "dqn", "greedy", "least-loaded", "round-robin", "random", "local"),
+    ),
+    Key(
+        "learn",
+        bool,
+        True,
+        "online learning for the learned policies (lad, sac, dqn) from observed service delays",
+    ),
+    Key(
+        "policy_checkpoint",
+        str,
+        "",
+        "a policy from `dedgeai sim train` to start from when the state directory has none "
+        "(<state_dir>/policy.pt, where online learning saves)",
+    ),
+    Key("train_steps_per_s", float, 2.0, "upper bound on online training steps", _positive),
+    Key(
+        "learn_warmup",
+        int,
+        300,
+        "finished tasks the learned policy waits for before its first training step",
+        _positive,
+    ),
+    Key(
+        "gossip_interval_s",
+        float,
+        1.0,
+        "seconds between telemetry messages to peers; 3 silent intervals mark a peer down",
+        _positive,
+    ),
+    Key(
+        "forward_ack_timeout_s",
+        float,
+        3.0,
+        "seconds a peer has to journal a forwarded task before it is dispatched again",
+        _positive,
+    ),
+    Key(
+        "cluster_size",
+        int,
+        0,
+        "server slots in the scheduler's state; 0: this agent plus its configured peers "
+        "(a larger value leaves slots for peers found by mDNS)",
+        lambda value: None if value >= 0 else "must be >= 0",
+    ),
+    Key("discovery", bool, False, "find peers on the local network with mDNS (_dedgeai._tcp)"),
 )
 
 
@@ -160,6 +249,9 @@ KEYS: tuple[Key, ...] = (
 class AgentConfig:
     endpoint: str = DEFAULT_ENDPOINT
     insecure: bool = False
+    curve: bool = True
+    keys_dir: str = ""
+    authorized_keys_dir: str = ""
     name: str = ""
     state_dir: str = ""
     model: str = "tiny"
@@ -178,6 +270,16 @@ class AgentConfig:
     profile_steps: int = 4
     shutdown_grace_s: float = 8.0
     log_level: str = "info"
+    peers: tuple[str, ...] = ()
+    policy: str = "lad"
+    learn: bool = True
+    policy_checkpoint: str = ""
+    train_steps_per_s: float = 2.0
+    learn_warmup: int = 300
+    gossip_interval_s: float = 1.0
+    forward_ack_timeout_s: float = 3.0
+    cluster_size: int = 0
+    discovery: bool = False
     source: str = "defaults"  # where it was read from (not a key)
 
     @property
@@ -195,6 +297,7 @@ class AgentConfig:
     def as_dict(self) -> dict[str, Any]:
         out = {k.name: getattr(self, k.name) for k in KEYS}
         out["profile_sizes"] = list(self.profile_sizes)
+        out["peers"] = list(self.peers)
         return out
 
 
@@ -248,7 +351,7 @@ def build_config(values: Mapping[str, Any], source: str = "defaults") -> AgentCo
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     config = replace(AgentConfig(), source=source, **checked)
-    check_endpoint(config.endpoint, config.insecure)
+    check_endpoint(config.endpoint, config.insecure, config.curve)
     return config
 
 
@@ -285,8 +388,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_endpoint(endpoint: str, insecure: bool) -> None:
-    """Refuse malformed endpoints, and non-loopback TCP unless ``insecure`` (no CURVE yet)."""
+def is_local_endpoint(endpoint: str) -> bool:
+    """True for ipc:// and for TCP bound or connected to a loopback address only."""
+    if endpoint.startswith("ipc://"):
+        return True
+    host = endpoint.removeprefix("tcp://").rpartition(":")[0]
+    return endpoint.startswith("tcp://") and _is_loopback(host)
+
+
+def check_endpoint(endpoint: str, insecure: bool, curve: bool = False) -> None:
+    """Refuse malformed endpoints, and non-loopback TCP with neither ``curve`` nor ``insecure``.
+
+    With ``curve`` the agent checks at start that its key pair exists (``dedgeai.agent.security``).
+    """
     if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
         return
     if not endpoint.startswith("tcp://"):
@@ -296,10 +410,11 @@ def check_endpoint(endpoint: str, insecure: bool) -> None:
         raise ConfigError(
             f"`endpoint` must be tcp://HOST:PORT (PORT 1..65535 or *), got {endpoint!r}"
         )
-    if not _is_loopback(host) and not insecure:
+    if not _is_loopback(host) and not insecure and not curve:
         raise ConfigError(
-            f"`endpoint` {endpoint} is reachable beyond this machine and CURVE security is not "
-            "available yet; bind to 127.0.0.1, or set `insecure = true` to accept plain TCP"
+            f"`endpoint` {endpoint} is reachable beyond this machine and `curve = false`; "
+            "bind to 127.0.0.1, set `curve = true` (with `dedgeai keys generate`), "
+            "or set `insecure = true` to accept plain TCP"
         )
 
 

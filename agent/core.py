@@ -9,7 +9,8 @@ task is in the journal before its ``accepted`` leaves the agent.
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from dedgeai.agent import protocol as p
@@ -19,6 +20,7 @@ from dedgeai.agent.tasks import (
     CancelRequested,
     Failed,
     Finished,
+    Forwarded,
     Interrupted,
     Started,
     Stepped,
@@ -58,7 +60,28 @@ class CancelJob:
     task: TaskId
 
 
-Effect = Send | Persist | StartJob | CancelJob
+@dataclass(frozen=True)
+class Forward:
+    """Send (or send again: it is idempotent by task id) a forwarded task to its peer."""
+
+    task: TaskRecord
+
+
+@dataclass(frozen=True)
+class CancelRemote:
+    task: TaskRecord
+
+
+Effect = Send | Persist | StartJob | CancelJob | Forward | CancelRemote
+# Chooses where a first-hop task runs: a placement dict with ``local`` (bool), ``policy``,
+# ``reason``, ``probs``, ``target`` (slot) and the target's ``node``/``endpoint``/``name``.
+Placer = Callable[[TaskRecord], dict[str, Any]]
+CARRIED_PLACEMENT = (
+    "redispatches",
+    "reclaimed",
+    "avoid",
+    "force_local",
+)  # kept across re-dispatches
 
 
 class Store(Protocol):
@@ -87,6 +110,8 @@ class AgentCore:
         self.accepting = True
         self.profile: SpeedProfile | None = None
         self.counters: Counter[str] = Counter()  # since this start: started, done, failed, ...
+        self.placer: Placer | None = None  # None: every task runs here (a single box)
+        self.identity: dict[str, Any] = {"node": node}  # recorded as ``ran_on`` in results
 
     # --- recovery ------------------------------------------------------------------
 
@@ -106,6 +131,9 @@ class AgentCore:
             if task.state is TaskState.QUEUED:
                 self.tasks[task.id] = task
                 self.queue.append(task.id)
+            elif task.state is TaskState.FORWARDED:  # ask its peer again (idempotent)
+                self.tasks[task.id] = task
+                effects.append(Forward(task))
         return effects
 
     # --- client messages -----------------------------------------------------------
@@ -126,7 +154,7 @@ class AgentCore:
         """Tasks that run before this one starts (0: running or next)."""
         if task == self.running:
             return 0
-        ahead = self.queue.index(task) if task in self.tasks else 0
+        ahead = self.queue.index(task) if task in self.queue else 0
         return ahead + (1 if self.running is not None else 0)
 
     def _subscribe(self, task: TaskId, route: Route, request_id: str) -> None:
@@ -154,13 +182,36 @@ class AgentCore:
             seq=self.store.take_seq(),
             submitted_at=now,
         )
-        self.tasks[task.id] = task
-        self.queue.append(task.id)
         self.counters["accepted"] += 1
+        if task.origin != self.node:  # forwarded to us: at most one hop, it runs here
+            task = replace(task, placement={"forwarded_by": task.origin})
         if msg.wait:
             self._subscribe(task.id, route, msg.id)
+        effects = self.dispatch(task, now)
         reply = p.accepted_reply(msg.id, task.id, self.position(task.id), task.origin)
-        return [Persist(task), Send(route, reply)]
+        if task.id in self.tasks and self.tasks[task.id].state is TaskState.FORWARDED:
+            reply["forwarded_to"] = self.tasks[task.id].placement.get("name")
+        return [*effects, Send(route, reply)]
+
+    def dispatch(self, task: TaskRecord, now: float) -> list[Effect]:
+        """Queue a (re)admitted task here, or forward it where the placer says."""
+        if task.origin == self.node and self.placer is not None:
+            carried = {k: v for k, v in task.placement.items() if k in CARRIED_PLACEMENT}
+            placement = {**self.placer(task), **carried}
+            if not placement.get("local", True):
+                task = self.tasks[task.id] = apply(task, Forwarded(now, placement))
+                self.counters["forwarded"] += 1
+                return [Persist(task), Forward(task)]
+            task = replace(task, placement=placement)
+        self.tasks[task.id] = task
+        self.queue.append(task.id)
+        return [Persist(task)]
+
+    def finish(self, task: TaskRecord, png: bytes | None = None) -> list[Effect]:
+        return self._finish(task, png)
+
+    def notify(self, task: TaskRecord, stage: str, position: int = 0) -> list[Effect]:
+        return self._notify(task, stage, position)
 
     def _resubmit(self, route: Route, msg: p.Submit, known: TaskRecord) -> list[Effect]:
         if not known.state.finished:
@@ -186,7 +237,10 @@ class AgentCore:
 
     def _snapshot(self, request_id: str, task: TaskRecord) -> dict[str, Any]:
         steps = task.request.steps
-        stage = "queued" if task.state is TaskState.QUEUED else p.STAGES[1 + (task.step >= steps)]
+        waiting = task.state is TaskState.QUEUED or (
+            task.state is TaskState.FORWARDED and not task.step
+        )
+        stage = "queued" if waiting else p.STAGES[1 + (task.step >= steps)]
         return p.progress_reply(
             request_id, task.id, stage, task.step, steps, self.position(task.id)
         )
@@ -212,6 +266,9 @@ class AgentCore:
             return [Send(route, p.error_reply(msg.id, ErrorCode.ALREADY_FINISHED, text, msg.task))]
         task = apply(live, CancelRequested(now))
         reply = p.envelope("cancelled", msg.id, task=task.id, state="cancelling")
+        if task.state is TaskState.FORWARDED:  # its peer answers with `cancelled` or `done`
+            self.tasks[task.id] = task
+            return [Persist(task), CancelRemote(task), Send(route, reply)]
         if task.state is TaskState.RUNNING:
             self.tasks[task.id] = task
             return [Persist(task), CancelJob(task.id), Send(route, reply)]
@@ -238,6 +295,7 @@ class AgentCore:
                 stage = "decode" if step >= steps else "denoise"
                 return self._notify(task, stage)
             case JobFinished(at=at, meta=meta, png=png):
+                meta = {**meta, "ran_on": self.identity, "placement": task.placement or None}
                 done = apply(task, Finished(at, meta))
                 return self._finish(done, png)
             case JobFailed(at=at, error=error):

@@ -20,12 +20,24 @@ from typing import Any
 import zmq
 
 from dedgeai.agent import protocol as p
+from dedgeai.agent.cluster import Cluster
 from dedgeai.agent.config import AgentConfig
-from dedgeai.agent.core import AgentCore, CancelJob, Effect, Persist, Route, Send, StartJob
+from dedgeai.agent.core import (
+    AgentCore,
+    CancelJob,
+    CancelRemote,
+    Effect,
+    Forward,
+    Persist,
+    Route,
+    Send,
+    StartJob,
+)
 from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError
 from dedgeai.agent.journal import Journal
 from dedgeai.agent.metrics import AgentMetrics
 from dedgeai.agent.results import ResultStore
+from dedgeai.agent.security import SecurityConfig, curve_required, load_keypair, server_security
 from dedgeai.agent.service import Notifier, StopFlag
 from dedgeai.agent.tasks import TaskRecord
 from dedgeai.agent.telemetry import TelemetrySampler
@@ -76,6 +88,11 @@ def _version() -> str:
 class AgentDaemon:
     def __init__(self, config: AgentConfig, stop: StopFlag, notifier: Notifier) -> None:
         self.config, self.stop, self.notifier = config, stop, notifier
+        # Decided before the journal and the model: a missing or bad key pair fails at once.
+        self.security = SecurityConfig.from_config(config)
+        self.public_key: str | None = None
+        if curve_required(self.security, config.endpoint):
+            self.public_key = load_keypair(self.security.keys_dir).public.decode()
         self.started_at = time.time()
         self.state_dir = config.state_path()
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -109,13 +126,27 @@ class AgentDaemon:
         self.router.setsockopt(zmq.SNDHWM, SOCKET_HWM)
         self.router.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         self.router.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        self.authenticator = server_security(self.router, self.security, config.endpoint)
         try:
             self.router.bind(config.endpoint)
         except zmq.ZMQError as exc:
             self.router.close(0)
+            if self.authenticator is not None:
+                self.authenticator.stop()
             self.context.term()
             raise ConfigError(f"cannot bind {config.endpoint}: {exc}") from exc
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        try:  # peers, gossip, the scheduling policy (a checkpoint that does not fit: exit 2)
+            self.cluster: Cluster | None = None
+            self.cluster = Cluster(
+                config, self.core, self.results, self.context, self.endpoint, self._describe
+            )
+        except ConfigError:
+            self.router.close(0)
+            if getattr(self, "authenticator", None) is not None:
+                self.authenticator.stop()
+            self.context.term()
+            raise
         self.wake = self.context.socket(zmq.PULL)
         wake_endpoint = f"inproc://worker-wake-{uuid.uuid4().hex}"
         self.wake.bind(wake_endpoint)
@@ -142,6 +173,25 @@ class AgentDaemon:
             self.backend.name,
             self.state_dir,
         )
+        if self.authenticator is not None:
+            log.info(
+                "CURVE on: public key %s; authorized keys in %s",
+                self.public_key,
+                self.security.authorized_keys_dir,
+            )
+        else:
+            why = "curve = false" if not self.security.curve else "loopback, no key pair"
+            log.info("CURVE off (%s): plain TCP; keys in %s", why, self.security.keys_dir)
+
+    def _describe(self) -> dict[str, Any]:
+        """What gossip says about this agent besides its queue (model, plan, GPU telemetry)."""
+        return {
+            "model": self.config.model,
+            "emulated": bool(self.backend.emulated),
+            "plan": str(self._plan.get("text", "")),
+            "telemetry": self._telemetry_dict() if hasattr(self, "telemetry") else {},
+            "version": _version(),
+        }
 
     def _write_endpoint_files(self) -> None:
         """Where clients and tests find a ``*`` port: <state>/agent.endpoint (+ runtime dir)."""
@@ -160,6 +210,8 @@ class AgentDaemon:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.wake, zmq.POLLIN)
+        assert self.cluster is not None
+        self.cluster.start(poller)
         self.notifier.ready(f"listening on {self.endpoint}")
         last_metrics = last_retention = 0.0
         while not self.stop.is_set():
@@ -187,6 +239,9 @@ class AgentDaemon:
                 except zmq.Again:
                     break
                 effects += self._on_frames(frames, now)
+        if self.cluster is not None:
+            effects += self.cluster.on_ready(ready, now)  # peers' replies: acks, progress, results
+            effects += self.cluster.tick(now)  # gossip, liveness, forwarding deadlines
         effects += self.core.plan(now)
         self._execute(effects)
 
@@ -227,6 +282,8 @@ class AgentDaemon:
         kind = type(msg).__name__
         self.metrics.requests.labels(kind).inc()
         try:
+            if isinstance(msg, p.Gossip) and self.cluster is not None:
+                return self.cluster.on_gossip(route, msg, now)
             if isinstance(msg, p.StatusRequest):
                 return [Send(route, p.envelope("agent_status", msg.id, **self.status_body(now)))]
             effects = self.core.handle(route, msg, now)
@@ -247,6 +304,8 @@ class AgentDaemon:
                 wait = task.started_at - task.submitted_at if task.started_at else None
                 service = task.finished_at - task.submitted_at if task.finished_at else None
                 self.metrics.finished(task.state.value, wait, service)
+                if self.cluster is not None:
+                    self.cluster.completed(task)  # the policy's reward
         for effect in effects:
             match effect:
                 case Send(route=route, message=message, png=png):
@@ -255,6 +314,10 @@ class AgentDaemon:
                     self.worker.run_job(job)
                 case CancelJob(task=task):
                     self.worker.cancel(task)
+                case Forward(task=task) if self.cluster is not None:
+                    self._execute(self.cluster.forward(task, time.time()))
+                case CancelRemote(task=task) if self.cluster is not None:
+                    self.cluster.cancel_remote(task)
 
     def _send(self, route: Route, message: dict[str, Any], png: bytes | None) -> None:
         frames = [*route, p.encode(message)]
@@ -297,6 +360,8 @@ class AgentDaemon:
                 "pid": os.getpid(),
                 "uptime_s": now - self.started_at,
                 "accepting": core.accepting,
+                "curve": self.authenticator is not None,
+                "public_key": self.public_key,
             },
             "backend": {
                 "name": self.backend.name,
@@ -319,6 +384,7 @@ class AgentDaemon:
                 **self._profile_state,
             },
             "counters": dict(core.counters),
+            "cluster": self.cluster.status(now) if self.cluster is not None else None,
         }
 
     # --- shutdown ------------------------------------------------------------------
@@ -346,7 +412,11 @@ class AgentDaemon:
     def close(self) -> None:
         self.telemetry.stop()
         self.metrics.close()
+        if self.cluster is not None:
+            self.cluster.close()
         self.router.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()  # its ZAP socket would block context.term()
         self.wake.close(0)
         worker_done = self.worker.join(0.5)
         if worker_done:

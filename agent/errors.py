@@ -2,6 +2,8 @@
 
 DedgeaiError
  ├── ConfigError          the agent's configuration file or an override is invalid
+ │    └── SecurityError   CURVE keys missing, unreadable or already there
+ │         └── HandshakeFailed  the agent refused this client's key (or its mechanism)
  ├── JournalError         the state directory or its sqlite journal cannot be used
  ├── ProtocolError        a wire message is malformed; carries a stable ErrorCode
  ├── PeerUnavailable      an agent (or, later, a peer) did not answer within the retries
@@ -40,6 +42,19 @@ class DedgeaiError(Exception):
 
 class ConfigError(DedgeaiError):
     """The configuration is invalid; the message names the key and what is allowed."""
+
+
+class SecurityError(ConfigError):
+    """CURVE keys are missing, unreadable or would be overwritten; the message says what to do."""
+
+
+class HandshakeFailed(SecurityError):  # noqa: N818 (httpx-style names, see STYLE.md)
+    """The CURVE/ZMTP handshake with an agent failed: refused key, wrong key or mechanism."""
+
+    def __init__(self, endpoint: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.reason = reason  # "auth", "protocol" or "dropped"
 
 
 class JournalError(DedgeaiError):

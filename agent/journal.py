@@ -37,14 +37,15 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     error TEXT,
-    result TEXT
+    result TEXT,
+    placement TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, seq);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
 """
 _COLUMNS = (
     "seq, id, origin, state, request, submitted_at, started_at, finished_at, step, attempts, "
-    "cancel_requested, error, result"
+    "cancel_requested, error, result, placement"
 )
 
 
@@ -73,6 +74,7 @@ def _row(task: TaskRecord) -> tuple[object, ...]:
         int(task.cancel_requested),
         task.error,
         json.dumps(task.result) if task.result else None,
+        json.dumps(task.placement) if task.placement else None,
     )
 
 
@@ -91,6 +93,7 @@ def _record(row: sqlite3.Row) -> TaskRecord:
         cancel_requested=bool(row["cancel_requested"]),
         error=row["error"],
         result=json.loads(row["result"]) if row["result"] else {},
+        placement=json.loads(row["placement"]) if row["placement"] else {},
     )
 
 
@@ -111,6 +114,9 @@ class Journal:
                 )
             self._db.execute(f"PRAGMA synchronous={sync.upper()}")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
+            if "placement" not in columns:  # a journal written before forwarding existed
+                self._db.execute("ALTER TABLE tasks ADD COLUMN placement TEXT")
             version = self._meta("schema_version")
             if version is None:
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
@@ -151,7 +157,7 @@ class Journal:
                 self._db.execute("BEGIN")
                 self._db.executemany(
                     f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
         except sqlite3.Error as exc:
@@ -163,7 +169,8 @@ class Journal:
 
     def unfinished(self) -> list[TaskRecord]:
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('queued', 'running') ORDER BY seq"
+            f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('queued', 'running', 'forwarded') "
+            "ORDER BY seq"
         )
         return [_record(r) for r in rows]
 

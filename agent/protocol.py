@@ -37,9 +37,18 @@ DEFAULT_TASKS_LIMIT = 50
 TaskId = NewType("TaskId", str)  # canonical lower-case UUID string, global across agents
 NodeId = NewType("NodeId", str)  # UUID of one agent, persisted in its state directory
 
-REQUEST_TYPES = ("submit", "status", "result", "cancel", "tasks")
-REPLY_TYPES = ("accepted", "progress", "done", "error", "agent_status", "task_list", "cancelled")
-TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
+REQUEST_TYPES = ("submit", "status", "result", "cancel", "tasks", "gossip")
+REPLY_TYPES = (
+    "accepted",
+    "progress",
+    "done",
+    "error",
+    "agent_status",
+    "task_list",
+    "cancelled",
+    "gossip",
+)
+TASK_STATES = ("queued", "running", "done", "failed", "cancelled", "forwarded")
 STAGES = ("queued", "denoise", "decode")
 
 
@@ -84,7 +93,15 @@ class TasksRequest:
     state: str | None = None
 
 
-ClientMessage = Submit | StatusRequest | ResultRequest | CancelRequest | TasksRequest
+@dataclass(frozen=True)
+class Gossip:
+    """A peer's telemetry (agent -> agent, about once a second); answered with ours."""
+
+    id: str
+    body: dict[str, Any]
+
+
+ClientMessage = Submit | StatusRequest | ResultRequest | CancelRequest | TasksRequest | Gossip
 
 # field -> accepted Python types; every other key is an error ("no unknown fields").
 _ENVELOPE = {"v": (int,), "type": (str,), "id": (str,)}
@@ -105,8 +122,31 @@ _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "result": {"task": (str,), "wait": (bool,)},
     "cancel": {"task": (str,)},
     "tasks": {"limit": (int,), "state": (str,)},
+    "gossip": {  # docs/protocol.md, "Peers"; None where a value is unknown
+        "node": (str,),
+        "name": (str,),
+        "endpoint": (str,),
+        "sent_at": (int, float),
+        "backlog_steps": (int, float),
+        "backlog_s": (int, float, type(None)),
+        "interval_load_steps": (int, float),
+        "capacity_steps_per_s": (int, float, type(None)),
+        "model": (str,),
+        "emulated": (bool,),
+        "plan": (str,),
+        "accepting": (bool,),
+        "queued": (int,),
+        "running": (str, type(None)),
+        "telemetry": (dict,),
+        "version": (str,),
+    },
 }
-_REQUIRED = {"submit": ("prompt",), "result": ("task",), "cancel": ("task",)}
+_REQUIRED = {
+    "submit": ("prompt",),
+    "result": ("task",),
+    "cancel": ("task",),
+    "gossip": ("node", "sent_at", "backlog_steps", "interval_load_steps"),
+}
 
 
 def decode_frame(frame: bytes) -> Any:
@@ -181,6 +221,8 @@ def parse_request(frames: list[bytes]) -> ClientMessage:
         return _parse_submit(msg, rid)
     if kind == "status":
         return StatusRequest(rid)
+    if kind == "gossip":
+        return Gossip(rid, {k: v for k, v in msg.items() if k not in _ENVELOPE})
     if kind == "result":
         return ResultRequest(rid, _task_id(msg["task"], rid), msg.get("wait", False))
     if kind == "cancel":

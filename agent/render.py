@@ -71,9 +71,56 @@ def status_table(body: dict[str, Any]) -> Table:
     return table
 
 
+def _gpu(row: dict[str, Any]) -> str:
+    devices = (row.get("telemetry") or {}).get("devices") or []
+    if not devices:
+        return "-"
+    device = devices[0]
+    util = _num(device.get("utilization_percent"), "%", 0)
+    return f"{device.get('kind', '?')} {util}, {_bytes(device.get('memory_used_bytes'))}"
+
+
+def cluster_table(cluster: dict[str, Any]) -> Table:
+    """Every server as this agent sees it: state, backlog, load, capacity, model."""
+    scheduler, decisions = cluster["scheduler"], cluster["decisions"]
+    learning = ""
+    if scheduler.get("learn"):
+        learning = f", learning: {scheduler.get('trained_steps', 0)} step(s)"
+    latency = ""
+    if decisions.get("count"):
+        latency = f", decision p99 {decisions['p99_us'] / 1000:.2f} ms"
+    title = (
+        f"cluster: {cluster['n_servers']} server(s), policy {scheduler['policy']}"
+        f"{learning}{latency}"
+    )
+    table = Table(title=title, title_justify="left")
+    for name in ("#", "name", "state", "backlog", "load", "capacity", "rtt", "model", "device"):
+        table.add_column(name, no_wrap=True)
+    colours = {"up": "green", "down": "red", "incompatible": "red", "connecting": "yellow"}
+    for row in cluster["servers"]:
+        state = row["state"]
+        label = f"[{colours.get(state, 'white')}]{state}[/]"
+        if row.get("error"):
+            label += f" ({row['error'][:60]})"
+        rate = row.get("capacity_steps_per_s")
+        model = str(row.get("model") or "-") + (" (EMULATED)" if row.get("emulated") else "")
+        table.add_row(
+            f"{row['slot']}{'*' if row['self'] else ''}",
+            str(row.get("name") or row.get("endpoint")),
+            label,
+            f"{_num(row.get('backlog_steps'), ' st', 0)} / {_seconds(row.get('backlog_s'))}",
+            _num(row.get("interval_load_steps"), " st", 0),
+            _num(rate, " st/s"),
+            _seconds(row.get("rtt_s")),
+            model,
+            _gpu(row),
+        )
+    return table
+
+
 def tasks_table(rows: list[dict[str, Any]], now: float) -> Table:
     table = Table(title=f"{len(rows)} task(s), newest first", title_justify="left")
-    for name in ("task", "state", "steps", "size", "age", "prompt"):
+    for name in ("task", "state", "steps", "size", "age", "ran on", "prompt"):
         table.add_column(name, no_wrap=name != "prompt", min_width=12 if name == "prompt" else None)
     colours = {"done": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
     for row in rows:
@@ -85,9 +132,20 @@ def tasks_table(rows: list[dict[str, Any]], now: float) -> Table:
             progress,
             row["size"],
             _seconds(now - row["submitted_at"]),
+            _where(row),
             row["prompt"],
         )
     return table
+
+
+def _where(row: dict[str, Any]) -> str:
+    ran_on = row.get("ran_on") or {}
+    placement = row.get("placement") or {}
+    if ran_on:
+        return str(ran_on.get("name") or ran_on.get("node", "?"))
+    if row.get("state") == "forwarded":
+        return f"-> {placement.get('name') or placement.get('endpoint')}"
+    return "-"
 
 
 def done_table(done: dict[str, Any], client_total_s: float | None) -> Table:
@@ -104,6 +162,14 @@ def done_table(done: dict[str, Any], client_total_s: float | None) -> Table:
         table.add_row("end to end", _seconds(client_total_s))
     backend = done.get("backend", "?") + (" (EMULATED)" if done.get("emulated") else "")
     table.add_row("backend", backend)
+    ran_on, placement = done.get("ran_on") or {}, done.get("placement") or {}
+    if ran_on:
+        table.add_row("ran on", f"{ran_on.get('name')} ({ran_on.get('endpoint')})")
+    if placement.get("policy"):
+        why = f"{placement['policy']}: {placement.get('reason', '')}"
+        if placement.get("redispatches"):
+            why += f" (re-dispatched {placement['redispatches']}x: {placement.get('reclaimed')})"
+        table.add_row("placement", why)
     table.add_row(
         "size / steps / seed",
         f"{done.get('width')}x{done.get('height')} / {done.get('steps')} / {done.get('seed')}",

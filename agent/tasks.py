@@ -7,6 +7,9 @@ in recovery alike; tests exercise the table without sockets or threads.
       │  ▲                 │ │ └──Failed────▶ failed
       │  └──Interrupted────┘ └──Stopped─────▶ cancelled   (after CancelRequested)
       └──CancelRequested──────────────────────▶ cancelled
+    queued ──Forwarded──▶ forwarded ──Finished/Failed/Stopped──▶ done/failed/cancelled
+      ▲                       │        (a peer runs it; the origin relays its result)
+      └───────Reclaimed───────┘        (the peer went down or lost it: dispatch again)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class TaskState(str, Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    FORWARDED = "forwarded"  # at the origin: a peer runs it and streams its result back
 
     @property
     def finished(self) -> bool:
@@ -49,6 +53,8 @@ class TaskRecord:
     cancel_requested: bool = False
     error: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    # Where and why it runs: policy, probs, reason, target slot/node/endpoint, redispatches.
+    placement: dict[str, Any] = field(default_factory=dict)
 
     @property
     def remaining_steps(self) -> int:
@@ -97,9 +103,34 @@ class Interrupted:
     """The run ended without a verdict (shutdown checkpoint, crash found at restart)."""
 
 
-TaskEvent = Started | Stepped | Finished | Failed | CancelRequested | Stopped | Interrupted
+@dataclass(frozen=True)
+class Forwarded:
+    """The origin hands the task to a peer (``placement`` says which and why)."""
 
-Q, R = TaskState.QUEUED, TaskState.RUNNING
+    at: float
+    placement: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """The peer went down, refused, or lost the task: it is the origin's to dispatch again."""
+
+    why: str
+
+
+TaskEvent = (
+    Started
+    | Stepped
+    | Finished
+    | Failed
+    | CancelRequested
+    | Stopped
+    | Interrupted
+    | Forwarded
+    | Reclaimed
+)
+
+Q, R, F = TaskState.QUEUED, TaskState.RUNNING, TaskState.FORWARDED
 TRANSITIONS: dict[tuple[TaskState, type], TaskState] = {
     (Q, Started): R,
     (Q, CancelRequested): TaskState.CANCELLED,
@@ -109,6 +140,13 @@ TRANSITIONS: dict[tuple[TaskState, type], TaskState] = {
     (R, CancelRequested): R,  # takes effect at the next step boundary
     (R, Stopped): TaskState.CANCELLED,
     (R, Interrupted): Q,
+    (Q, Forwarded): F,
+    (F, Stepped): F,  # progress relayed from the peer
+    (F, Finished): TaskState.DONE,
+    (F, Failed): TaskState.FAILED,
+    (F, CancelRequested): F,  # the cancel is passed on to the peer
+    (F, Stopped): TaskState.CANCELLED,
+    (F, Reclaimed): Q,
 }
 
 
@@ -137,6 +175,12 @@ def apply(task: TaskRecord, event: TaskEvent) -> TaskRecord:
             )
         case Failed(at=at, error=error):
             return replace(task, state=target, finished_at=at, error=error)
+        case Forwarded(placement=placement):
+            return replace(task, state=target, step=0, placement=placement)
+        case Reclaimed(why=why):
+            redispatches = int(task.placement.get("redispatches", 0)) + 1
+            placement = {**task.placement, "redispatches": redispatches, "reclaimed": why}
+            return replace(task, state=target, step=0, placement=placement)
         case CancelRequested(at=at):
             if target is TaskState.CANCELLED:
                 return replace(task, state=target, finished_at=at, error="cancelled while queued")
@@ -153,6 +197,8 @@ def backlog(tasks: Iterable[TaskRecord], profile: SpeedProfile | None) -> tuple[
     """Unfinished denoising steps, and the seconds they need at the measured speed."""
     steps, seconds = 0, 0.0
     for task in tasks:
+        if task.state is TaskState.FORWARDED:
+            continue  # a peer's work, not this GPU's
         remaining = task.remaining_steps
         steps += remaining
         if profile is not None and remaining:
@@ -177,4 +223,6 @@ def summary(task: TaskRecord) -> dict[str, Any]:
         "finished_at": task.finished_at,
         "attempts": task.attempts,
         "error": task.error,
+        "ran_on": task.result.get("ran_on"),
+        "placement": task.placement or None,
     }

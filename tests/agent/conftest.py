@@ -48,6 +48,7 @@ class AgentProcess:
             "emulated_steps_per_second": 200.0,
             "telemetry_interval_s": 0.5,
             "log_level": "debug",
+            "keys_dir": str(directory / "keys"),  # not the developer's own keys (CURVE off)
             **settings,
         }
         self.config_path = directory / "agent.toml"
@@ -180,3 +181,75 @@ def tiny_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProces
     agent.start()
     yield agent
     agent.close()
+
+
+# --- clusters of agents (issue 5) ----------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports free a moment ago (each agent must know the others' ports)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def cluster_view(agent: AgentProcess) -> dict[str, Any]:
+    """The ``cluster`` section of an agent's status."""
+    with agent.client(timeout_s=5.0) as client:
+        return client.status()["cluster"]
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def peer_states(agent: AgentProcess) -> dict[str, str]:
+    """endpoint -> state of every peer, as ``agent`` sees them."""
+    servers = cluster_view(agent)["servers"]
+    return {s["endpoint"]: s["state"] for s in servers if not s["self"]}
+
+
+@pytest.fixture
+def cluster_factory(agent_factory: Any) -> Any:
+    """Start N agents that list each other as peers (started in parallel, all peers up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make(*per_agent: dict[str, Any], **common: Any) -> list[AgentProcess]:
+        endpoints = [f"tcp://127.0.0.1:{port}" for port in free_ports(len(per_agent))]
+        agents = []
+        for index, (endpoint, own) in enumerate(zip(endpoints, per_agent, strict=True)):
+            agent = agent_factory(
+                f"n{index}",
+                endpoint=endpoint,
+                peers=endpoints,
+                gossip_interval_s=0.2,
+                **{**common, **own},
+            )
+            agent.env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            agents.append(agent)
+        with ThreadPoolExecutor(len(agents)) as pool:
+            list(pool.map(lambda a: a.start(), agents))
+        for agent in agents:
+            wait_for(
+                lambda agent=agent: set(peer_states(agent).values()) == {"up"},
+                30.0,
+                f"every peer up as seen by {agent.endpoint}",
+            )
+        return agents
+
+    return make

@@ -62,7 +62,7 @@ def test_file_and_overrides(tmp_path):
         ("metrics_port = 70000\n", "metrics_port"),
         ("[agent]\nmax_queue = 3\n", "tables ['agent'] are not supported"),
         ("max_queue = \n", "not valid TOML"),
-        ('endpoint = "tcp://0.0.0.0:7700"\n', "set `insecure = true`"),
+        ('curve = false\nendpoint = "tcp://0.0.0.0:7700"\n', "set `insecure = true`"),
         ('endpoint = "udp://127.0.0.1:1"\n', "must be tcp://HOST:PORT"),
         ('endpoint = "tcp://127.0.0.1:99999"\n', "PORT 1..65535"),
     ],

@@ -1,0 +1,361 @@
+"""The agent's cluster: peer slots, gossip, the scheduler's state, forwarding, on the loop thread.
+
+Server indices are fixed at start: this agent and every configured peer, sorted by
+endpoint (``cluster_size`` may reserve spare slots for peers found by mDNS; one found when
+no slot is free is shown but never scheduled). ``Cluster`` owns the peer links and the peer
+table, answers peers' gossip, builds the scheduler's ``ClusterState`` for each submitted
+task (down peers masked), and hands forwarded tasks and their replies to ``Forwarding``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from dedgeai.agent import protocol as p
+from dedgeai.agent.config import AgentConfig
+from dedgeai.agent.core import AgentCore, Effect, Route, Send
+from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError
+from dedgeai.agent.forwarding import Forwarding, cancel_message, forward_message
+from dedgeai.agent.gossip import (
+    PeerLinks,
+    SocketSetup,
+    gossip_message,
+    read_peer_reply,
+    version_refusal,
+)
+from dedgeai.agent.learning import SchedulerHost
+from dedgeai.agent.peers import Heard, Peer, PeerState, PeerTable, VersionMismatch
+from dedgeai.agent.results import ResultStore
+from dedgeai.agent.tasks import TaskRecord, TaskState
+
+log = logging.getLogger("dedgeai.agent.cluster")
+
+REFERENCE_PIXELS = 512 * 512  # work is counted in 512x512-equivalent denoising steps
+LINK_MBIT_PER_S = 100.0  # assumed link speed for the forwarding-overhead estimate
+REQUEST_OVERHEAD_BYTES = 200  # envelope and fields of a forwarded submit, beyond the prompts
+DECISION_SAMPLES = 4096  # scheduling latencies kept for the status percentiles
+QUIET_INTERVALS = 3  # a forwarded task silent this many gossip intervals is asked again
+
+
+def equivalent_steps(steps: int, width: int, height: int) -> float:
+    return steps * (width * height) / REFERENCE_PIXELS
+
+
+def assign_slots(
+    self_endpoints: tuple[str, ...], peers: tuple[str, ...], cluster_size: int
+) -> tuple[int, dict[int, str], int]:
+    """(self index, {slot: peer endpoint}, number of slots): self and peers sorted by endpoint."""
+    others = sorted({e for e in peers if e not in self_endpoints})
+    ordered = sorted([self_endpoints[0], *others])
+    n = max(len(ordered), cluster_size)
+    if cluster_size and cluster_size < len(ordered):
+        raise ConfigError(
+            f"`cluster_size` {cluster_size} is smaller than this agent plus its "
+            f"{len(others)} configured peer(s)"
+        )
+    self_index = ordered.index(self_endpoints[0])
+    return self_index, {i: e for i, e in enumerate(ordered) if i != self_index}, n
+
+
+class Cluster:
+    """Everything about the other agents that the daemon's loop needs."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        core: AgentCore,
+        results: ResultStore,
+        context: zmq.Context,
+        endpoint: str,
+        describe: Callable[[], dict[str, Any]],
+        setup: SocketSetup | None = None,
+    ) -> None:
+        self.config, self.core, self.describe = config, core, describe
+        self.endpoint = endpoint
+        self.interval_s = config.gossip_interval_s
+        self.self_index, endpoints, self.n_slots = assign_slots(
+            (endpoint, config.endpoint), config.peers, config.cluster_size
+        )
+        self.host = SchedulerHost(  # first: a checkpoint that does not fit stops the start
+            config.policy,
+            self.n_slots,
+            self.self_index,
+            config.state_path(),
+            config.policy_checkpoint,
+            config.learn,
+            config.train_steps_per_s,
+            config.learn_warmup,
+        )
+        now = time.time()
+        self.table = PeerTable(Peer(s, e, since=now) for s, e in endpoints.items())
+        self.links = PeerLinks(context, endpoints, setup)
+        self.forwarding = Forwarding(
+            core, results, config.forward_ack_timeout_s, QUIET_INTERVALS * self.interval_s
+        )
+        self.pending = np.zeros(self.n_slots)  # work sent to each peer since its last gossip
+        self.interval_started = now
+        self.last_gossip = 0.0
+        self.decision_s: deque[float] = deque(maxlen=DECISION_SAMPLES)
+        core.placer = self.place
+        core.identity = {"node": core.node, "name": config.display_name, "endpoint": endpoint}
+
+    def start(self, poller: zmq.Poller) -> None:
+        self.links.register(poller)
+        self.host.start()
+
+    def close(self) -> None:
+        self.host.stop()
+        self.links.close()
+
+    # --- what this agent publishes ---------------------------------------------------
+
+    def _own_work(self) -> tuple[float, float]:
+        """(backlog, work admitted this interval), in 512x512-equivalent steps."""
+        backlog = load = 0.0
+        core = self.core
+        local = [core.tasks[t] for t in core.queue]  # not core.tasks: forwarded ones are there
+        if core.running is not None and core.running in core.tasks:
+            local.append(core.tasks[core.running])
+        for task in local:
+            req = task.request
+            work = equivalent_steps(task.remaining_steps, req.width, req.height)
+            backlog += work
+            if task.submitted_at >= self.interval_started:
+                load += work
+        return backlog, load
+
+    def _capacity(self) -> float | None:
+        profile = self.core.profile
+        return profile.at(512, 512) if profile is not None else None
+
+    def body(self, now: float) -> dict[str, Any]:
+        backlog, load = self._own_work()
+        running = self.core.running
+        return {
+            "node": self.core.node,
+            "name": self.config.display_name,
+            "endpoint": self.endpoint,
+            "sent_at": now,
+            "backlog_steps": backlog,
+            "backlog_s": self.core.backlog()[1],
+            "interval_load_steps": load,
+            "capacity_steps_per_s": self._capacity(),
+            "accepting": self.core.accepting,
+            "queued": len(self.core.queue),
+            "running": str(running) if running else None,
+            **self.describe(),
+        }
+
+    # --- messages --------------------------------------------------------------------
+
+    def on_gossip(self, route: Route, msg: p.Gossip, now: float) -> list[Effect]:
+        """A peer's gossip on our ROUTER: it is alive; answer with ours (and its echo)."""
+        node, endpoint = msg.body.get("node"), msg.body.get("endpoint")
+        peer = self.table.by_node(str(node)) or next(
+            (q for q in self.table if q.endpoint == endpoint), None
+        )
+        if peer is not None:
+            self._heard(peer.slot, Heard(now, msg.body), now)
+        reply = p.envelope("gossip", msg.id, **self.body(now), echo_sent_at=msg.body["sent_at"])
+        return [Send(route, reply)]
+
+    def on_ready(self, ready: dict[zmq.Socket, int], now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for slot, frames in self.links.receive(ready):
+            try:
+                reply = read_peer_reply(frames)
+            except ProtocolError as exc:
+                if exc.code is ErrorCode.BAD_VERSION:
+                    effects += self._incompatible(slot, exc.message, now)
+                else:
+                    log.warning("slot %d sent a malformed reply: %s", slot, exc.message)
+                continue
+            refusal = version_refusal(reply)
+            if refusal is not None:
+                effects += self._incompatible(slot, refusal, now)
+                continue
+            info, rtt = None, None
+            if reply.type == "gossip":
+                info = {k: v for k, v in reply.fields.items() if k != "echo_sent_at"}
+                echo = reply.get("echo_sent_at")
+                rtt = now - echo if isinstance(echo, (int, float)) else None
+            self._heard(slot, Heard(now, info, rtt), now)
+            effects += self.forwarding.on_reply(slot, reply, now)
+        return effects
+
+    def _heard(self, slot: int, event: Heard, now: float) -> None:
+        old, new = self.table.apply_(slot, event)
+        if event.info is not None:
+            self.pending[slot] = 0.0
+        if old is not PeerState.UP and new is PeerState.UP:
+            self.links.healthy(slot)
+            log.info("peer %s (slot %d) is up", self.table.by_slot[slot].endpoint, slot)
+
+    def _incompatible(self, slot: int, error: str, now: float) -> list[Effect]:
+        old, _ = self.table.apply_(slot, VersionMismatch(now, error))
+        if old is not PeerState.INCOMPATIBLE:
+            log.error("peer %s: %s", self.table.by_slot[slot].endpoint, error)
+        return self.forwarding.reclaim_slot(slot, "peer speaks another protocol version", now)
+
+    # --- time ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Effect]:
+        """Gossip and liveness once per interval; forwarding deadlines on every turn."""
+        effects: list[Effect] = []
+        if now - self.last_gossip >= self.interval_s:
+            self.last_gossip = self.interval_started = now
+            self.host.start_interval()
+            message = gossip_message(self.body(now))
+            for peer in self.table:
+                self.links.send(peer.slot, message)
+            for slot, state in self.table.check_liveness_(now, self.interval_s):
+                if state is PeerState.DOWN:
+                    endpoint = self.table.by_slot[slot].endpoint
+                    log.warning("peer %s (slot %d) is down: silent 3 intervals", endpoint, slot)
+                    self.links.reset(slot, now)
+                    why = "peer down (silent for 3 gossip intervals)"
+                    effects += self.forwarding.reclaim_slot(slot, why, now)
+        reclaimed, again = self.forwarding.tick(now)
+        effects += reclaimed
+        for task in again:
+            effects += self.forward(task, now)
+        return effects
+
+    # --- forwarding --------------------------------------------------------------------
+
+    def forward(self, task: TaskRecord, now: float) -> list[Effect]:
+        """Send (or resend) a forwarded task; one that cannot be sent is reclaimed."""
+        live = self.core.tasks.get(task.id)
+        if live is None or live.state is not TaskState.FORWARDED:
+            return []
+        slot = int(live.placement["target"])
+        if self.links.send(slot, forward_message(live)):
+            self.forwarding.sent(live, now)
+            return []
+        return self.forwarding.reclaim(live, "the peer's link is not connected", now)
+
+    def cancel_remote(self, task: TaskRecord) -> None:
+        self.links.send(int(task.placement["target"]), cancel_message(task))
+
+    def completed(self, task: TaskRecord) -> None:
+        """A task that this agent placed ended: its service delay is the policy's reward."""
+        if task.origin == self.core.node and task.finished_at and "policy" in task.placement:
+            self.host.complete(task.id, task.finished_at - task.submitted_at)
+
+    # --- scheduling ------------------------------------------------------------------
+
+    def state(self, avoid: set[int], size_mbit: float) -> Any:
+        from dedgeai.scheduler.online import ClusterState
+
+        n = self.n_slots
+        backlog, load, capacity = np.zeros(n), np.zeros(n), np.ones(n)
+        available, transfer = np.zeros(n, dtype=bool), np.zeros(n)
+        own_backlog, own_load = self._own_work()
+        me = self.self_index
+        backlog[me], load[me] = max(0.0, own_backlog - own_load), own_load
+        capacity[me] = self._capacity() or self.config.emulated_steps_per_second
+        available[me] = True
+        for peer in self.table:
+            info = peer.info
+            rate = info.get("capacity_steps_per_s")
+            if (
+                not peer.state.schedulable
+                or peer.slot in avoid
+                or not rate
+                or not info.get("accepting", True)
+            ):
+                continue
+            peer_load = float(info.get("interval_load_steps", 0.0))
+            backlog[peer.slot] = max(0.0, float(info.get("backlog_steps", 0.0)) - peer_load)
+            load[peer.slot] = peer_load + self.pending[peer.slot]
+            capacity[peer.slot] = float(rate)
+            available[peer.slot] = True
+            transfer[peer.slot] = (peer.rtt_s or 0.0) + size_mbit / LINK_MBIT_PER_S
+        return ClusterState(me, backlog, load, capacity, available, transfer)
+
+    def place(self, task: TaskRecord) -> dict[str, Any]:
+        """The core's placer: where a first-hop task runs, and why."""
+        from dedgeai.scheduler.online import TaskSpec
+
+        started = time.perf_counter()
+        req = task.request
+        demand = equivalent_steps(req.steps, req.width, req.height)
+        if task.placement.get("force_local"):
+            placement = {"local": True, "target": self.self_index, "policy": "local"}
+            placement["reason"] = "re-dispatched too often: runs at its origin"
+            return placement
+        size = (len(req.prompt) + len(req.negative_prompt) + REQUEST_OVERHEAD_BYTES) * 8 / 1e6
+        state = self.state(set(task.placement.get("avoid", ())), size)
+        decision = self.host.decide(TaskSpec(demand, size), state, task.id)
+        target = int(decision.target)
+        if target != self.self_index:
+            self.pending[target] += demand
+        self.decision_s.append(time.perf_counter() - started)
+        peer = self.table.get(target)
+        where = (
+            self.core.identity
+            if peer is None
+            else {
+                "node": peer.node,
+                "name": peer.name,
+                "endpoint": peer.endpoint,
+            }
+        )
+        return {
+            "local": target == self.self_index,
+            "target": target,
+            **where,
+            "policy": decision.policy,
+            "reason": decision.reason,
+            "probs": [round(float(x), 4) for x in decision.probs],
+        }
+
+    # --- status ----------------------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        rows = [{"slot": self.self_index, "self": True, "state": "up", **self.body(now)}]
+        for peer in self.table:
+            info = peer.info
+            rows.append(
+                {
+                    **info,
+                    "slot": peer.slot,
+                    "self": False,
+                    "state": peer.state.value,
+                    "endpoint": peer.endpoint,
+                    "node": peer.node,
+                    "name": peer.name,
+                    "silent_s": peer.silent_for(now),
+                    "rtt_s": peer.rtt_s,
+                    "error": peer.error,
+                    "discovered": peer.discovered,
+                }
+            )
+        times = np.asarray(self.decision_s) * 1e6
+        decisions: dict[str, Any] = {"count": int(times.size)}
+        if times.size:
+            decisions.update(
+                p50_us=float(np.percentile(times, 50)),
+                p99_us=float(np.percentile(times, 99)),
+                max_us=float(times.max()),
+            )
+        return {
+            "self_index": self.self_index,
+            "n_servers": self.n_slots,
+            "gossip_interval_s": self.interval_s,
+            "scheduler": self.host.status(),
+            "decisions": decisions,
+            "forwarding": {
+                **self.forwarding.stats(),
+                "forwarded": self.core.counters["forwarded"],
+                "reclaimed": self.core.counters["reclaimed"],
+            },
+            "servers": sorted(rows, key=lambda r: r["slot"]),
+        }

@@ -1,0 +1,500 @@
+"""CURVE security for agent sockets: key files, authorized keys, server and client setup.
+
+Ironhouse (zguide ch. 5, pyzmq ``ironhouse.py``): every connection is encrypted and both
+ends are authenticated. An agent has one key pair in its ``keys_dir`` (``agent.key`` public,
+``agent.key_secret`` secret, mode 0600) and accepts the clients and peers whose public keys
+sit in ``authorized_keys_dir`` (``*.key`` files) plus its own key (whoever holds its secret
+key is the agent already). The ZAP handler is pyzmq's ``ThreadAuthenticator``: the daemon
+is a synchronous poll loop with no asyncio event loop, and the thread runs the handler
+beside it without one (STYLE.md names ``AsyncioAuthenticator``, which needs a running
+loop). Authorized keys are re-read when the directory changes: no restart needed.
+
+When CURVE applies to a bound socket (``curve_required``): ``curve = true`` (the default)
+and either the key pair exists or the endpoint is reachable beyond loopback (then the key
+pair is required, unless ``insecure = true``). A loopback agent with no keys stays plain
+TCP, so the quick start needs no keys.
+
+API (for the daemon, peers and ``dedgeai demo``)::
+
+    generate_keypair(directory: Path, force: bool = False) -> KeyPair
+    load_keypair(directory: Path) -> KeyPair                      # SecurityError if absent
+    load_public_key(spec: str | Path, authorized_dir: Path | None = None) -> bytes
+    authorize(authorized_dir: Path, public_key: str | Path, name: str | None = None) -> Path
+    authorized_keys(authorized_dir: Path) -> list[AuthorizedKey]
+    SecurityConfig.from_config(config: AgentConfig) -> SecurityConfig
+    server_security(socket, keys: SecurityConfig, endpoint: str) -> ThreadAuthenticator | None
+    client_security(socket, server_public_key: bytes, client_keys: KeyPair) -> None
+    HandshakeMonitor(socket, endpoint, curve: bool, public_key_path: Path | None)
+        .socket (register in a poller) · .failure() -> HandshakeFailed | None · .check()
+
+``server_security`` and ``client_security`` must be called before ``bind``/``connect``, and
+``HandshakeMonitor`` before ``connect``. One authenticator serves a whole context (ZAP is
+per context): ``server_security`` on a second socket of that context reuses it; stop it with
+``authenticator.stop()`` before terminating the context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
+
+from dedgeai.agent.config import AgentConfig, default_config_path, is_local_endpoint
+from dedgeai.agent.errors import HandshakeFailed, SecurityError
+
+log = logging.getLogger("dedgeai.agent.security")
+
+KEY_NAME = "agent"
+PUBLIC_FILE = f"{KEY_NAME}.key"
+SECRET_FILE = f"{KEY_NAME}.key_secret"
+AUTHORIZED_DIR = "authorized_keys"
+ZAP_DOMAIN = "dedgeai"
+SERVER_KEY_ENV = "DEDGEAI_SERVER_KEY"
+CLIENT_KEYS_ENV = "DEDGEAI_CLIENT_KEYS"
+NO_DETAIL_LIMIT = 3  # handshakes dropped in a row before a wrong server key is assumed
+REFUSAL_LOG_EVERY_S = 60.0  # a refused client reconnects every 100 ms; log it once a minute
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    public: bytes  # z85, 40 characters
+    secret: bytes
+    public_path: Path
+
+
+@dataclass(frozen=True)
+class AuthorizedKey:
+    name: str
+    public: bytes | None  # None: the file holds no valid key
+    path: Path
+
+
+def default_keys_dir() -> Path:
+    """Where ``dedgeai keys generate`` writes: the directory of the default config file."""
+    return default_config_path().parent
+
+
+def _valid_key(key: bytes) -> bool:
+    try:
+        return len(key) == 40 and len(z85.decode(key)) == 32
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+# --- key files -------------------------------------------------------------------
+
+
+def generate_keypair(directory: Path, force: bool = False) -> KeyPair:
+    """Write a new ``agent.key`` / ``agent.key_secret`` (0600) into ``directory``.
+
+    Args:
+        directory: created (mode 0700) when missing.
+        force: replace an existing pair; without it an existing pair is a SecurityError.
+
+    Returns:
+        The new key pair.
+    """
+    directory = Path(directory).expanduser()
+    existing = [directory / f for f in (PUBLIC_FILE, SECRET_FILE) if (directory / f).exists()]
+    if existing and not force:
+        raise SecurityError(
+            f"{existing[0]} already exists; pass --force to replace the key pair "
+            "(clients and peers that authorized the old public key must authorize the new one)"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Written in a private (0700) scratch directory, then renamed into place: the secret
+        # is never readable by others, not even between create_certificates and chmod.
+        scratch = Path(tempfile.mkdtemp(prefix=".keys-", dir=directory))
+        try:
+            public, secret = zmq.auth.create_certificates(scratch, KEY_NAME)
+            os.chmod(secret, 0o600)
+            os.chmod(public, 0o644)
+            os.replace(secret, directory / SECRET_FILE)
+            os.replace(public, directory / PUBLIC_FILE)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except OSError as exc:
+        raise SecurityError(f"cannot write keys into {directory}: {exc.strerror}") from exc
+    return load_keypair(directory)
+
+
+def load_keypair(directory: Path) -> KeyPair:
+    """This agent's (or client's) key pair from ``directory`` (or its ``agent.key_secret``)."""
+    directory = Path(directory).expanduser()
+    secret_path = directory if directory.is_file() else directory / SECRET_FILE
+    if not secret_path.exists():
+        raise SecurityError(
+            f"no key pair in {secret_path.parent}: run `dedgeai keys generate --dir "
+            f"{secret_path.parent}`"
+        )
+    try:
+        public, secret = zmq.auth.load_certificate(secret_path)
+        mode = stat.S_IMODE(secret_path.stat().st_mode)
+    except (OSError, ValueError) as exc:
+        raise SecurityError(f"cannot read the secret key {secret_path}: {exc}") from exc
+    if secret is None or not _valid_key(secret) or not _valid_key(public):
+        raise SecurityError(f"{secret_path} holds no valid CURVE secret key")
+    if mode & 0o077:
+        log.warning("%s is readable by others (mode %o); chmod 600 it", secret_path, mode)
+    return KeyPair(public, secret, secret_path.with_suffix(".key"))
+
+
+def load_public_key(spec: str | Path, authorized_dir: Path | None = None) -> bytes:
+    """A z85 public key from a key file, a literal 40-character key, or a name in ``authorized_dir``."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    if not path.exists() and authorized_dir is not None and _NAME.match(text):
+        named = Path(authorized_dir) / f"{text}.key"
+        path = named if named.exists() else path
+    if path.is_dir():
+        path = path / PUBLIC_FILE
+    if path.is_file():
+        try:
+            public, _secret = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as exc:
+            raise SecurityError(f"cannot read a public key from {path}: {exc}") from exc
+        if not _valid_key(public):
+            raise SecurityError(f"{path} holds no valid CURVE public key")
+        return public
+    if _valid_key(text.encode()):
+        return text.encode()
+    raise SecurityError(
+        f"{text!r} is neither a key file nor a 40-character Z85 public key "
+        "(`dedgeai keys show` prints one)"
+    )
+
+
+def _public_file_text(public: bytes) -> str:
+    # The format zmq.auth.load_certificate reads (czmq's public certificate).
+    return (
+        "#   ZeroMQ CURVE Public Certificate, authorized by `dedgeai keys authorize`\n"
+        "metadata\ncurve\n"
+        f'    public-key = "{public.decode()}"\n'
+    )
+
+
+def authorize(authorized_dir: Path, public_key: str | Path, name: str | None = None) -> Path:
+    """Add a public key (file or literal) to ``authorized_dir`` as ``<name>.key``.
+
+    Only the public half is written, even from a secret key file. The default name is the
+    file's stem, or ``key-<fingerprint>`` for a literal key or a file named ``agent.key``.
+    Authorizing the same key under the same name again is a no-op.
+
+    Returns:
+        The path of the authorized key file.
+    """
+    public = load_public_key(public_key)
+    stem = Path(str(public_key)).stem if Path(str(public_key)).expanduser().exists() else ""
+    name = name or (stem if stem and stem != KEY_NAME else f"key-{fingerprint(public)}")
+    if not _NAME.match(name):
+        raise SecurityError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (≤ 64)")
+    authorized_dir = Path(authorized_dir).expanduser()
+    target = authorized_dir / f"{name}.key"
+    if target.exists():
+        try:
+            current, _ = zmq.auth.load_certificate(target)
+        except (OSError, ValueError):
+            current = None
+        if current == public:
+            return target
+        raise SecurityError(f"{target} already holds another key; choose another --name")
+    try:
+        authorized_dir.mkdir(parents=True, exist_ok=True)  # public keys: the service reads them
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(_public_file_text(public))
+        tmp.replace(target)
+    except OSError as exc:
+        raise SecurityError(f"cannot write {target}: {exc.strerror}") from exc
+    return target
+
+
+def authorized_keys(authorized_dir: Path) -> list[AuthorizedKey]:
+    """The ``*.key`` files of ``authorized_dir`` by name; unreadable ones with ``public=None``."""
+    directory = Path(authorized_dir).expanduser()
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.glob("*.key")):
+        try:
+            public: bytes | None = zmq.auth.load_certificate(path)[0]
+        except (OSError, ValueError):
+            public = None
+        found.append(
+            AuthorizedKey(path.stem, public if public and _valid_key(public) else None, path)
+        )
+    return found
+
+
+def fingerprint(public: bytes) -> str:
+    """A short, file-name-safe id of a public key (its SHA-256, hex)."""
+    return hashlib.sha256(public).hexdigest()[:12]
+
+
+# --- server side -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    keys_dir: Path
+    authorized_keys_dir: Path
+    curve: bool = True
+    insecure: bool = False
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> SecurityConfig:
+        keys_dir = Path(config.keys_dir).expanduser() if config.keys_dir else default_keys_dir()
+        authorized = (
+            Path(config.authorized_keys_dir).expanduser()
+            if config.authorized_keys_dir
+            else keys_dir / AUTHORIZED_DIR
+        )
+        return cls(keys_dir, authorized, config.curve, config.insecure)
+
+    def has_keypair(self) -> bool:
+        return (self.keys_dir / SECRET_FILE).exists()
+
+
+def curve_required(keys: SecurityConfig, endpoint: str) -> bool:
+    """Whether a socket bound to ``endpoint`` must be a CURVE server (see the module doc)."""
+    if not keys.curve:
+        return False
+    if keys.has_keypair():
+        return True
+    if is_local_endpoint(endpoint) or keys.insecure:
+        return False
+    raise SecurityError(
+        f"{endpoint} is reachable beyond this machine and needs CURVE, but there is no key "
+        f"pair in {keys.keys_dir}: run `dedgeai keys generate --dir {keys.keys_dir}`, "
+        "or set `insecure = true` to accept plain TCP"
+    )
+
+
+class AuthorizedKeysProvider:
+    """ZAP credentials provider: the authorized keys plus our own, re-read on change."""
+
+    def __init__(self, directory: Path, own_public: bytes) -> None:
+        self.directory, self.own_public = directory, own_public
+        self._stamp: tuple[int, int] | None = None
+        self._keys: frozenset[bytes] = frozenset()
+        self._lock = threading.Lock()
+        self._refused_at: dict[bytes, float] = {}
+        self.reload()
+
+    def reload(self) -> frozenset[bytes]:
+        try:
+            info = self.directory.stat()
+            stamp: tuple[int, int] | None = (info.st_mtime_ns, info.st_ino)
+        except OSError:
+            stamp = None
+        with self._lock:
+            if stamp != self._stamp or stamp is None:
+                entries = authorized_keys(self.directory)
+                for entry in entries:
+                    if entry.public is None:
+                        log.warning("ignoring %s: no valid CURVE public key in it", entry.path)
+                self._keys = frozenset(e.public for e in entries if e.public is not None)
+                self._stamp = stamp
+            return self._keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key == self.own_public or key in self.reload():
+            return True
+        now = time.monotonic()
+        if now - self._refused_at.get(key, -REFUSAL_LOG_EVERY_S) >= REFUSAL_LOG_EVERY_S:
+            self._refused_at[key] = now
+            log.warning(
+                "refused a connection with unknown CURVE key %s; to allow it: "
+                "`dedgeai keys authorize` its public key file into %s",
+                key.decode(),
+                self.directory,
+            )
+        return False
+
+
+_authenticators: dict[int, ThreadAuthenticator] = {}
+_authenticators_lock = threading.Lock()
+
+
+def require_authenticator(
+    context: zmq.Context, keys: SecurityConfig, own: KeyPair
+) -> ThreadAuthenticator:
+    """The context's running ZAP handler (one per context), started on first use."""
+    with _authenticators_lock:
+        auth = _authenticators.get(id(context))
+        if auth is not None and auth.is_alive() and auth.context is context:
+            return auth
+        auth = ThreadAuthenticator(context, log=logging.getLogger("dedgeai.agent.zap"))
+        auth.start()
+        auth.configure_curve_callback(
+            ZAP_DOMAIN, AuthorizedKeysProvider(keys.authorized_keys_dir, own.public)
+        )
+        _authenticators[id(context)] = auth
+        return auth
+
+
+def server_security(
+    socket: zmq.Socket, keys: SecurityConfig, endpoint: str
+) -> ThreadAuthenticator | None:
+    """Make ``socket`` a CURVE server when ``curve_required``; call before ``bind``.
+
+    Args:
+        socket: a socket that will bind ``endpoint`` (ROUTER, PUB, ...).
+        keys: this agent's keys and policy (``SecurityConfig.from_config``).
+        endpoint: the endpoint it will bind, for the loopback rule.
+
+    Returns:
+        The context's running authenticator, or None when the socket stays plain.
+
+    Raises:
+        SecurityError: CURVE is needed and the key pair is missing or unreadable.
+    """
+    if not curve_required(keys, endpoint):
+        return None
+    own = load_keypair(keys.keys_dir)
+    auth = require_authenticator(socket.context, keys, own)
+    socket.curve_secretkey = own.secret
+    socket.curve_publickey = own.public
+    socket.curve_server = True
+    socket.zap_domain = ZAP_DOMAIN.encode()
+    # Refuse every client if no ZAP handler answers, rather than accept all (libzmq's default).
+    socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+    return auth
+
+
+# --- client side -----------------------------------------------------------------
+
+
+def client_security(socket: zmq.Socket, server_public_key: bytes, client_keys: KeyPair) -> None:
+    """Make ``socket`` a CURVE client of the server with that public key; call before connect."""
+    socket.curve_secretkey = client_keys.secret
+    socket.curve_publickey = client_keys.public
+    socket.curve_serverkey = server_public_key
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """What a client needs for CURVE: the agent's public key and its own key pair."""
+
+    server_key: bytes
+    keys: KeyPair
+
+    @classmethod
+    def resolve(
+        cls, server_key: str | Path | None = None, client_keys: str | Path | None = None
+    ) -> ClientSecurity | None:
+        """From arguments, else $DEDGEAI_SERVER_KEY / $DEDGEAI_CLIENT_KEYS; None: plain TCP.
+
+        The client key pair defaults to the one ``dedgeai keys generate`` writes.
+        """
+        server_key = server_key or os.environ.get(SERVER_KEY_ENV) or None
+        if server_key is None:
+            return None
+        client_keys = client_keys or os.environ.get(CLIENT_KEYS_ENV) or default_keys_dir()
+        return cls(load_public_key(server_key), load_keypair(Path(client_keys)))
+
+    def apply(self, socket: zmq.Socket) -> None:
+        client_security(socket, self.server_key, self.keys)
+
+
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+class HandshakeMonitor:
+    """Turns a connecting socket's handshake-failed events into a clear HandshakeFailed.
+
+    Without it a refused client sees only silence: libzmq retries the handshake forever.
+    """
+
+    def __init__(
+        self,
+        socket: zmq.Socket,
+        endpoint: str,
+        curve: bool,
+        public_key_path: Path | None = None,
+    ) -> None:
+        self.endpoint, self.curve, self.public_key_path = endpoint, curve, public_key_path
+        self._target = socket
+        self.socket = socket.get_monitor_socket(_HANDSHAKE_EVENTS)
+        self._dropped = 0
+        self._failure: HandshakeFailed | None = None
+
+    def failure(self) -> HandshakeFailed | None:
+        """Read pending events without blocking; the first fatal failure, kept once seen."""
+        while self._failure is None and self.socket.poll(0):
+            event = recv_monitor_message(self.socket)
+            self._failure = self._judge(int(event["event"]), int(event["value"]))
+        return self._failure
+
+    def check(self) -> None:
+        failure = self.failure()
+        if failure is not None:
+            raise failure
+
+    def _judge(self, event: int, value: int) -> HandshakeFailed | None:
+        where = f"the agent at {self.endpoint}"
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._dropped = 0
+            return None
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            key = self.public_key_path or "this client's public key file"
+            if value == 400:
+                text = (
+                    f"{where} refused this client's key: add {key} to its authorized_keys "
+                    f"(`dedgeai keys authorize {key}` on that machine)"
+                )
+            else:
+                text = f"{where} could not authenticate this client (ZAP status {value})"
+            return HandshakeFailed(self.endpoint, "auth", text)
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH and self.curve:
+                text = f"{where} does not use CURVE (plain TCP): connect without --server-key"
+            elif value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                text = (
+                    f"{where} requires CURVE: pass --server-key with its public key file "
+                    f"(or set {SERVER_KEY_ENV}), and have your public key authorized there"
+                )
+            else:
+                text = f"handshake with {where} failed: protocol error {value:#x}"
+            return HandshakeFailed(self.endpoint, "protocol", text)
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            # One drop can be an agent restarting mid-handshake; several in a row are not.
+            self._dropped += 1
+            if self._dropped >= NO_DETAIL_LIMIT:
+                # A CURVE/plain mismatch can look like this too: the agent resets the
+                # connection before its greeting is read.
+                hint = (
+                    "either the server key is not its public key (`dedgeai keys show` there) "
+                    "or it does not use CURVE"
+                    if self.curve
+                    else f"it probably requires CURVE: pass --server-key (or set {SERVER_KEY_ENV})"
+                )
+                text = f"{where} closed the connection during the handshake: {hint}"
+                return HandshakeFailed(self.endpoint, "dropped", text)
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):  # the socket may be closed already
+            self._target.disable_monitor()
+        self.socket.close(0)

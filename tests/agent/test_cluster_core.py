@@ -1,0 +1,213 @@
+"""Peer lifecycle, slot assignment and forwarding at the origin, without sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dedgeai.agent import protocol as p
+from dedgeai.agent.cluster import assign_slots
+from dedgeai.agent.core import AgentCore, Forward, Persist, Send
+from dedgeai.agent.errors import ConfigError
+from dedgeai.agent.forwarding import MAX_REDISPATCHES, Forwarding, forward_message
+from dedgeai.agent.peers import (
+    LIVENESS_INTERVALS,
+    TRANSITIONS,
+    Heard,
+    Peer,
+    PeerState,
+    PeerTable,
+    Silent,
+    VersionMismatch,
+    apply,
+)
+from dedgeai.agent.protocol import NodeId, Reply
+from dedgeai.agent.tasks import TaskState
+from dedgeai.models.backend import GenerationRequest
+
+# --- peers ---------------------------------------------------------------------------
+
+
+def test_every_state_has_a_transition_for_every_event() -> None:
+    for state in PeerState:
+        for event in (Heard, Silent, VersionMismatch):
+            assert (state, event) in TRANSITIONS
+
+
+def test_a_peer_is_down_after_3_silent_intervals_and_up_when_heard() -> None:
+    peer = Peer(1, "tcp://x:1", since=100.0)
+    assert apply(peer, Silent(100.0 + 2.9, 1.0)).state is PeerState.CONNECTING
+    peer = apply(peer, Heard(101.0, {"node": "n1", "name": "b"}, rtt_s=0.01))
+    assert peer.state is PeerState.UP and peer.node == "n1" and peer.rtt_s == 0.01
+    assert apply(peer, Silent(101.0 + LIVENESS_INTERVALS - 0.1, 1.0)).state is PeerState.UP
+    down = apply(peer, Silent(101.0 + LIVENESS_INTERVALS, 1.0))
+    assert down.state is PeerState.DOWN and down.info  # the last telemetry is kept for status
+    back = apply(down, Heard(110.0))  # any traffic counts, not only gossip
+    assert back.state is PeerState.UP and back.info == down.info
+
+
+def test_another_protocol_version_makes_a_peer_incompatible_until_it_speaks_ours() -> None:
+    peer = apply(Peer(1, "tcp://x:1", since=0.0), VersionMismatch(1.0, "speaks v2"))
+    assert peer.state is PeerState.INCOMPATIBLE and not peer.state.schedulable
+    assert apply(peer, Silent(100.0, 1.0)).state is PeerState.INCOMPATIBLE
+    assert apply(peer, Heard(2.0)).state is PeerState.UP
+
+
+def test_peer_table_reports_changes() -> None:
+    table = PeerTable([Peer(0, "tcp://a:1", since=0.0), Peer(2, "tcp://c:1", since=0.0)])
+    table.apply_(0, Heard(0.5))
+    assert table.up_slots() == {0}
+    assert table.check_liveness_(3.0, 1.0) == [(2, PeerState.DOWN)]  # 0 spoke at 0.5
+    assert table.check_liveness_(3.5, 1.0) == [(0, PeerState.DOWN)]
+    assert table.check_liveness_(4.0, 1.0) == []
+
+
+def test_slots_are_sorted_by_endpoint_with_self_skipped_in_the_peer_list() -> None:
+    me = "tcp://127.0.0.1:7702"
+    index, peers, n = assign_slots((me,), ("tcp://127.0.0.1:7703", me, "tcp://127.0.0.1:7701"), 0)
+    assert (index, n) == (1, 3)
+    assert peers == {0: "tcp://127.0.0.1:7701", 2: "tcp://127.0.0.1:7703"}
+    assert assign_slots((me,), (), 4)[2] == 4  # spare slots for discovered peers
+    with pytest.raises(ConfigError, match="cluster_size"):
+        assign_slots((me,), ("tcp://h:1", "tcp://h:2"), 2)
+
+
+# --- forwarding ----------------------------------------------------------------------
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def finished(self, task: str) -> None:
+        return None
+
+    def png(self, task: str) -> bytes:
+        return b""
+
+    def result_meta(self, task: str) -> None:
+        return None
+
+    def recent(self, limit: int, state: str | None) -> list[Any]:
+        return []
+
+    def take_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+
+class FakeResults:
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    def write(self, task: str, png: bytes, meta: dict[str, Any]) -> None:
+        self.written.append(task)
+
+
+def _origin(targets: list[int]) -> tuple[AgentCore, Forwarding, FakeResults]:
+    """A core whose placer sends tasks to ``targets`` in turn (slot 0 is this agent)."""
+    core = AgentCore(NodeId("origin"), 16, FakeStore())
+    turn = iter(targets)
+
+    def placer(task: Any) -> dict[str, Any]:
+        avoid = set(task.placement.get("avoid", ()))  # as the real placer: masked
+        target = 0 if task.placement.get("force_local") else next(turn, 0)
+        target = 0 if target in avoid else target
+        return {"local": target == 0, "target": target, "policy": "test", "name": f"s{target}"}
+
+    core.placer = placer
+    results = FakeResults()
+    return core, Forwarding(core, results, ack_timeout_s=2.0, quiet_s=3.0), results  # type: ignore[arg-type]
+
+
+def _submit(core: AgentCore) -> tuple[p.TaskId, list[Any]]:
+    request = GenerationRequest(prompt="x", steps=4, width=256, height=256)
+    effects = core.handle((b"client",), p.Submit("r1", request), 10.0)
+    accepted = next(e for e in effects if isinstance(e, Send))
+    return accepted.message["task"], effects
+
+
+def _reply(kind: str, task: str, png: bytes = b"", **fields: Any) -> Reply:
+    return Reply(kind, "fwd:" + task, {"task": task, **fields}, png)
+
+
+def test_a_forwarded_task_is_journaled_before_it_is_sent_and_relayed_once() -> None:
+    core, fwd, results = _origin([1])
+    task, effects = _submit(core)
+    kinds = [type(e) for e in effects]
+    assert kinds.index(Persist) < kinds.index(Forward) < kinds.index(Send)
+    assert core.tasks[task].state is TaskState.FORWARDED and not core.queue
+    assert core.backlog()[0] == 0  # a peer's work
+    message = forward_message(core.tasks[task])
+    assert message["origin"] == "origin" and message["task"] == task and message["wait"]
+    fwd.sent(core.tasks[task], 10.0)
+    assert fwd.on_reply(1, _reply("accepted", task), 10.1) == []
+    relayed = fwd.on_reply(1, _reply("progress", task, stage="denoise", step=2, position=0), 10.2)
+    assert relayed[0].message["type"] == "progress" and relayed[0].route == (b"client",)
+    ran_on = {"node": "peer"}
+    done = fwd.on_reply(1, _reply("done", task, png=b"PNG", ran_on=ran_on), 11.0)
+    sends = [e for e in done if isinstance(e, Send)]
+    assert [s.message["type"] for s in sends] == ["done"] and sends[0].png == b"PNG"
+    assert sends[0].message["ran_on"] == ran_on and sends[0].message["placement"]["target"] == 1
+    assert results.written == [task] and task not in core.tasks
+    # a late duplicate (e.g. after a resend) is dropped, never delivered twice
+    assert fwd.on_reply(1, _reply("done", task), 12.0) == []
+    assert fwd.dropped_duplicates == 1
+
+
+def test_no_ack_in_time_or_a_refusal_redispatches_elsewhere_and_late_results_are_dropped() -> None:
+    core, fwd, _ = _origin([1, 2])
+    task, _ = _submit(core)
+    fwd.sent(core.tasks[task], 10.0)
+    effects, again = fwd.tick(12.5)  # no `accepted` within 2 s
+    assert not again
+    record = core.tasks[task]
+    assert record.state is TaskState.FORWARDED and record.placement["target"] == 2
+    assert record.placement["redispatches"] == 1 and record.placement["avoid"] == [1]
+    assert any(isinstance(e, Forward) for e in effects)
+    assert fwd.on_reply(1, _reply("done", task), 13.0) == []  # slot 1 no longer owns it
+    fwd.sent(core.tasks[task], 13.0)
+    fwd.on_reply(2, Reply("error", "fwd:" + task, {"code": "busy", "message": "full"}), 13.1)
+    record = core.tasks[task]
+    assert record.state is TaskState.QUEUED and list(core.queue) == [task]  # ran out of peers
+    assert record.placement["local"] is True and record.placement["redispatches"] == 2
+
+
+def test_tasks_of_a_peer_that_went_down_come_back_and_too_many_redispatches_run_locally() -> None:
+    core, fwd, _ = _origin(list(range(1, MAX_REDISPATCHES + 3)))
+    task, _ = _submit(core)
+    for attempt in range(MAX_REDISPATCHES):
+        slot = core.tasks[task].placement["target"]
+        fwd.sent(core.tasks[task], 10.0)
+        fwd.reclaim_slot(slot, "peer down", 11.0 + attempt)
+    record = core.tasks[task]
+    assert record.state is TaskState.QUEUED and record.placement["force_local"] is True
+    assert record.placement["avoid"] == list(range(1, MAX_REDISPATCHES + 1))
+
+
+def test_quiet_forwarded_tasks_are_asked_again_and_remote_failures_are_final() -> None:
+    core, fwd, _ = _origin([1])
+    task, _ = _submit(core)
+    fwd.sent(core.tasks[task], 10.0)
+    fwd.on_reply(1, _reply("accepted", task), 10.1)
+    assert fwd.tick(12.0) == ([], [])
+    _, again = fwd.tick(13.2)
+    assert [t.id for t in again] == [task]
+    error = Reply("error", "fwd:" + task, {"task": task, "code": "task_failed", "message": "oom"})
+    effects = fwd.on_reply(1, error, 14.0)
+    assert effects[-1].message["code"] == "task_failed" and task not in core.tasks
+
+
+def test_cancel_of_a_forwarded_task_is_passed_on_and_its_cancelled_error_ends_it() -> None:
+    from dedgeai.agent.core import CancelRemote
+
+    core, fwd, _ = _origin([1])
+    task, _ = _submit(core)
+    fwd.sent(core.tasks[task], 10.0)
+    effects = core.handle((b"c2",), p.CancelRequest("r2", task), 11.0)
+    assert any(isinstance(e, CancelRemote) for e in effects)
+    assert effects[-1].message["state"] == "cancelling"
+    error = Reply("error", "fwd:" + task, {"task": task, "code": "cancelled", "message": "x"})
+    fwd.on_reply(1, error, 12.0)
+    assert task not in core.tasks

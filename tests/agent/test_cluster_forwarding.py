@@ -1,0 +1,124 @@
+"""Forwarding between real agents on loopback: the result reaches the client through its origin."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import zmq
+
+from dedgeai.agent import protocol as p
+from dedgeai.agent.client import AgentClient
+from dedgeai.models.backend import GenerationRequest
+
+from .conftest import cluster_view, wait_for  # noqa: TID252
+
+
+def _node(agent: Any) -> str:
+    with agent.client() as client:
+        return client.status()["agent"]["node"]
+
+
+def test_forwarded_task_result_reaches_the_client_through_its_origin(cluster_factory: Any) -> None:
+    a, b = cluster_factory({}, {}, policy="round-robin")
+    node_a, node_b = _node(a), _node(b)
+    request = GenerationRequest(prompt="a lighthouse", steps=4, width=256, height=256)
+    seen: list[str] = []
+    with a.client() as client:
+        # round-robin starts with the agent itself, then the next slot: the peer
+        _, first = client.generate(request)
+        accepted, done = client.generate(request, on_progress=lambda r: seen.append(r.type))
+    assert first.get("ran_on")["node"] == node_a
+    assert first.get("placement")["policy"] == "round-robin"
+    assert accepted.get("origin") == node_a
+    assert done.get("task") == accepted.get("task")
+    assert done.get("ran_on")["node"] == node_b, done.fields
+    assert done.get("origin") == node_a
+    placement = done.get("placement")
+    assert placement["local"] is False and placement["node"] == node_b
+    assert placement["policy"] == "round-robin" and sum(placement["probs"]) == 1.0
+    assert "progress" in seen  # relayed from the peer
+    task = done.get("task")
+    with a.client() as client:  # the origin keeps a copy of the result
+        again = client.result(task)
+        rows = {r["task"]: r for r in client.tasks()}
+    assert again.type == "done" and again.get("ran_on")["node"] == node_b
+    assert rows[task]["state"] == "done" and rows[task]["ran_on"]["node"] == node_b
+    with b.client() as client:  # the peer ran it once, for its origin
+        remote = {r["task"]: r for r in client.tasks()}
+    assert remote[task]["origin"] == node_a and remote[task]["attempts"] == 1
+    view = cluster_view(a)
+    assert view["n_servers"] == 2 and view["forwarding"]["forwarded"] == 1
+    assert view["decisions"]["count"] == 2
+
+
+def _collect_dones(sock: zmq.Socket, task: str, seconds: float) -> list[p.Reply]:
+    dones = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if sock.poll(int(left * 1000)):
+            reply = p.parse_reply(sock.recv_multipart())
+            if reply.type == "done" and reply.get("task") == task:
+                dones.append(reply)
+    return dones
+
+
+def test_kill_9_of_the_target_mid_task_finishes_elsewhere_exactly_once(
+    cluster_factory: Any,
+) -> None:
+    a, b = cluster_factory(
+        {"emulated_steps_per_second": 400.0},
+        {"emulated_steps_per_second": 10.0},
+        policy="round-robin",
+    )
+    node_a = _node(a)
+    quick = GenerationRequest(prompt="first, local", steps=1, width=256, height=256)
+    slow = GenerationRequest(prompt="second, forwarded", steps=60, width=512, height=512)
+    with a.client() as client:
+        client.generate(quick)  # round-robin: this one stays; the next goes to the peer
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(a.endpoint)
+    try:
+        task = p.new_task_id()
+        sock.send(p.encode(p.envelope("submit", "s1", **p.request_to_wire(slow), task=task)))
+        assert p.parse_reply(sock.recv_multipart()).type == "accepted"
+        with b.client() as client:  # the peer is running it
+            wait_for(
+                lambda: (client.result(task).get("step") or 0) >= 2, 20.0, "the peer to run it"
+            )
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGKILL)
+        b.proc.wait(10)
+        dones = _collect_dones(sock, task, 15.0)
+    finally:
+        sock.close(0)
+    assert len(dones) == 1, [d.fields for d in dones]
+    done = dones[0]
+    assert done.get("ran_on")["node"] == node_a
+    assert done.get("placement")["redispatches"] == 1
+    assert "down" in done.get("placement")["reclaimed"]
+    with a.client() as client:
+        rows = [r for r in client.tasks() if r["task"] == task]
+    assert len(rows) == 1 and rows[0]["state"] == "done"
+    assert cluster_view(a)["forwarding"]["reclaimed"] == 1
+
+
+def test_clients_talk_only_to_their_own_agent(cluster_factory: Any) -> None:
+    """`result` at the origin of a forwarded, unfinished task subscribes to the relay."""
+    a, b = cluster_factory(
+        {"emulated_steps_per_second": 400.0},
+        {"emulated_steps_per_second": 40.0},
+        policy="round-robin",
+    )
+    request = GenerationRequest(prompt="x", steps=1, width=256, height=256)
+    slow = GenerationRequest(prompt="y", steps=20, width=512, height=512)
+    with a.client() as client:
+        client.generate(request)
+        task = client.submit(slow, wait=False).get("task")
+    with AgentClient(a.endpoint, timeout_s=5.0) as client:
+        snapshot = client.result(task, wait=True)
+        assert snapshot.type == "progress"
+        done = client.wait(task)
+    assert done.get("ran_on")["endpoint"] == b.endpoint

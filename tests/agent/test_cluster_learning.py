@@ -1,0 +1,66 @@
+"""Online learning in a real agent: training steps from real results, checkpoint reloaded."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dedgeai.models.backend import GenerationRequest
+
+from .conftest import cluster_view, wait_for  # noqa: TID252
+
+
+def _scheduler(agent: Any) -> dict[str, Any]:
+    return cluster_view(agent)["scheduler"]
+
+
+def test_online_learning_trains_from_real_results_and_the_checkpoint_reloads(
+    cluster_factory: Any,
+) -> None:
+    a, _b = cluster_factory(
+        {"policy": "lad", "learn_warmup": 4, "train_steps_per_s": 50.0},
+        {"policy": "local"},
+        emulated_steps_per_second=2000.0,
+    )
+    status = wait_for(lambda: _scheduler(a)["ready"] and _scheduler(a), 60.0, "lad warm-started")
+    assert status["policy"] == "lad" and status["learn"] is True
+    assert status["loaded_from"] is None  # a fresh actor, warm-started from greedy
+    request = GenerationRequest(prompt="learn from me", steps=2, width=256, height=256)
+    with a.client() as client:
+        dones = [client.generate(request)[1] for _ in range(10)]
+    assert {d.get("placement")["policy"] for d in dones} <= {"lad", "greedy"}
+    assert any(d.get("placement")["policy"] == "lad" for d in dones)
+    trained = wait_for(
+        lambda: (s := _scheduler(a))["trained_steps"] >= 1 and s, 30.0, "a training step"
+    )
+    assert trained["rewards"] >= 5 and trained["last_losses"]
+    code, _ = a.stop(signal.SIGTERM)
+    assert code == 0
+    checkpoint = a.state_dir / "policy.pt"
+    assert checkpoint.is_file()
+    a.start()
+    reloaded = wait_for(lambda: _scheduler(a)["ready"] and _scheduler(a), 30.0, "reloaded")
+    assert reloaded["loaded_from"] == str(checkpoint)
+    assert reloaded["total_steps"] >= trained["trained_steps"]
+
+
+def test_a_checkpoint_for_another_cluster_size_stops_the_agent_with_a_config_error(
+    agent_factory: Any, tmp_path: Path
+) -> None:
+    from dedgeai.scheduler.online import ClusterScheduler
+
+    checkpoint = tmp_path / "two-servers.pt"
+    assert ClusterScheduler("lad", n_servers=2, self_index=0).save(checkpoint)
+    # this agent and 2 peers: 3 servers
+    lone = agent_factory(
+        "lone",
+        policy="lad",
+        policy_checkpoint=str(checkpoint),
+        peers=["tcp://127.0.0.1:9", "tcp://127.0.0.1:10"],
+    )
+    with pytest.raises(RuntimeError, match="exited with 2") as info:
+        lone.start()
+    assert "policy `lad` with 3 server(s)" in str(info.value)

@@ -1,0 +1,303 @@
+"""Benchmark the scheduling policies on eight local agents with EMULATED backends.
+
+Eight agents on loopback (``dedgeai.agent.cluster_harness``), each an EMULATED GPU whose
+speed follows the paper's capacity spread (the first eight capacities of its setting,
+50 25 18 32 28 21 50 17, times ``--scale`` steps/s per unit). One Poisson arrival trace
+per load level (0.6, 0.9, 1.2 of the cluster's total speed; 10-19 steps per task as in
+the authors' prototype; Flickr8k prompts; origins uniform over the agents) is replayed
+against a fresh cluster for every policy. The service delay is what the client sees:
+submit -> done. Then one lad run at load 0.9 in which one agent is killed with SIGKILL
+(and restarted) part-way: tasks lost and tasks executed more than once must both be 0.
+
+    python tools/bench_cluster.py [--quick] [--out runs/bench_cluster]
+
+Writes ``<out>/bench_cluster.json`` and ``<out>/bench_cluster.png`` and prints a table.
+Every figure is from EMULATED backends (timing only): it measures scheduling, not a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from dedgeai.agent.cluster_harness import LocalCluster, supports
+from dedgeai.agent.cluster_load import Arrival, Replayer, poisson_trace, summarise
+
+CAPACITIES = (50, 25, 18, 32, 28, 21, 50, 17)  # the paper's first eight (relative, 10-50)
+POLICIES = ("lad", "sac", "dqn", "greedy", "least-loaded", "round-robin", "random", "local")
+LEARNED = ("lad", "sac", "dqn")
+QUICK_POLICIES = ("lad", "greedy", "local")
+LOADS = (0.6, 0.9, 1.2)
+STEPS = (10, 19)
+TARGET_VS_LOCAL = 0.75
+TARGET_VS_BEST = 1.0
+console = Console()
+log = Console(stderr=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: 3 policies, 1 load")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_cluster"))
+    parser.add_argument("--duration", type=float, help="seconds of arrivals per trace")
+    parser.add_argument("--scale", type=float, default=0.4, help="steps/s per capacity unit")
+    parser.add_argument("--policies", nargs="+", choices=POLICIES)
+    parser.add_argument("--loads", nargs="+", type=float)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-curve", action="store_true", help="plain TCP between agents")
+    parser.add_argument("--no-kill", action="store_true", help="skip the kill -9 run")
+    parser.add_argument("--kill-policy", default="lad", choices=POLICIES)
+    parser.add_argument("--restart-after", type=float, default=5.0, help="s before restarting")
+    args = parser.parse_args(argv)
+    args.duration = args.duration or (10.0 if args.quick else 20.0)
+    args.policies = tuple(args.policies or (QUICK_POLICIES if args.quick else POLICIES))
+    args.loads = tuple(args.loads or ((0.9,) if args.quick else LOADS))
+    return args
+
+
+def speeds(scale: float) -> list[float]:
+    return [c * scale for c in CAPACITIES]
+
+
+def trace_for(load: float, args: argparse.Namespace, offset: int) -> list[Arrival]:
+    mean_steps = (STEPS[0] + STEPS[1]) / 2
+    rate = load * sum(speeds(args.scale)) / mean_steps  # tasks/s at 512x512
+    n_tasks = max(8, round(rate * args.duration))
+    return poisson_trace(n_tasks, rate, len(CAPACITIES), args.seed + offset, STEPS, (512, 512))
+
+
+def make_cluster(policy: str, args: argparse.Namespace) -> LocalCluster:
+    common: dict[str, Any] = {
+        "model": "emulated",
+        "max_queue": 100_000,
+        "profile_sizes": ["512x512"],
+        "log_level": "warning",
+        "telemetry_interval_s": 1.0,
+    }
+    if supports("policy"):
+        common["policy"] = policy
+    per_agent = [{"emulated_steps_per_second": s} for s in speeds(args.scale)]
+    return LocalCluster(per_agent, common, curve=not args.no_curve)
+
+
+def executions(cluster: LocalCluster) -> dict[str, int]:
+    """Task id -> number of agents that ran it to completion (from their task lists)."""
+    counts: dict[str, int] = {}
+    for agent in cluster.agents:
+        if not agent.alive():
+            continue
+        with cluster.client(agent.index, timeout_s=10.0) as client:
+            for row in client.tasks(limit=1000, state="done"):
+                if int(row.get("attempts") or 0) >= 1:  # started here (not only relayed)
+                    counts[row["task"]] = counts.get(row["task"], 0) + 1
+    return counts
+
+
+def scheduler_status(cluster: LocalCluster) -> list[Any]:
+    """Whatever each agent reports about its scheduler (decision times, training steps)."""
+    found = []
+    for agent in cluster.agents:
+        if not agent.alive():
+            continue
+        with cluster.client(agent.index, timeout_s=10.0) as client:
+            body = client.status()
+        found.append({k: body[k] for k in ("scheduler", "cluster") if k in body} or None)
+    return found
+
+
+def replay(
+    policy: str, load: float, trace: list[Arrival], args: argparse.Namespace, kill: bool = False
+) -> dict[str, Any]:
+    """One fresh cluster, one trace; the summary (and the kill run's counts)."""
+    started = time.monotonic()
+    cluster = make_cluster(policy, args)
+    try:
+        cluster.start()
+        if cluster.peers_supported:
+            cluster.wait_peers_up(timeout_s=60.0)
+        hooks = []
+        if kill:
+            at = trace[-1].at_s * 0.4
+            hooks = [(at, lambda: cluster.agents[0].kill())]
+            restart = threading.Thread(target=cluster.restart, args=(0,), daemon=True)
+            hooks.append((at + args.restart_after, restart.start))  # not in the submit loop
+        replayer = Replayer(cluster, trace, deadline_s=max(90.0, 4 * args.duration))
+        outcomes = replayer.run(hooks)
+        stats = summarise(outcomes)
+        result: dict[str, Any] = {"policy": policy, "load": load, **stats.as_dict()}
+        result["ran_on"] = {a.name: stats.ran_on.get(a.name, 0) for a in cluster.agents}
+        result["unknown_target"] = stats.ran_on.get("?", 0)
+        result["scheduler"] = scheduler_status(cluster)
+        if kill:
+            counts = executions(cluster)
+            ids = [o.task for o in outcomes]
+            result["killed"] = cluster.agents[0].name
+            result["killed_at_s"] = trace[-1].at_s * 0.4
+            result["restarted_after_s"] = args.restart_after
+            result["tasks_lost"] = stats.lost + stats.failed
+            result["tasks_done_more_than_once"] = sum(counts.get(i, 0) > 1 for i in ids)
+            result["tasks_without_execution_record"] = sum(counts.get(i, 0) == 0 for i in ids)
+            result["lost_errors"] = sorted({o.error or "" for o in outcomes if o.state != "done"})
+    finally:
+        codes = cluster.close()
+    result["exit_codes"] = codes
+    result["wall_s"] = time.monotonic() - started
+    return result
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per load: LAD/local and LAD/best heuristic mean delays, with the targets."""
+    out: dict[str, dict[str, Any]] = {}
+    for load in sorted({r["load"] for r in results}):
+        by = {r["policy"]: r["mean_s"] for r in results if r["load"] == load}
+        heuristics = {p: v for p, v in by.items() if p not in LEARNED and not math.isnan(v)}
+        entry: dict[str, Any] = {}
+        if "lad" in by and "local" in by:
+            entry["lad_over_local"] = by["lad"] / by["local"]
+            entry["meets_local_target"] = entry["lad_over_local"] <= TARGET_VS_LOCAL
+        if "lad" in by and heuristics:
+            best = min(heuristics, key=heuristics.__getitem__)
+            entry["best_heuristic"] = best
+            entry["lad_over_best"] = by["lad"] / heuristics[best]
+            entry["meets_best_target"] = entry["lad_over_best"] <= TARGET_VS_BEST
+        out[f"{load:g}"] = entry
+    return out
+
+
+def print_tables(results: list[dict[str, Any]], kill: dict[str, Any] | None) -> None:
+    table = Table(title="bench_cluster (EMULATED backends, 8 agents on loopback)")
+    for name in ("load", "policy", "tasks", "done", "lost", "mean delay", "p95 delay", "ran on"):
+        table.add_column(name, justify="left" if name in ("policy", "ran on") else "right")
+    for r in sorted(results, key=lambda r: (r["load"], POLICIES.index(r["policy"]))):
+        where = " ".join(f"{v}" for v in r["ran_on"].values())
+        if r.get("unknown_target"):
+            where += f" ?{r['unknown_target']}"
+        table.add_row(
+            f"{r['load']:g}",
+            r["policy"],
+            str(r["count"]),
+            str(r["done"]),
+            str(r["lost"] + r["failed"]),
+            f"{r['mean_s']:.2f} s",
+            f"{r['p95_s']:.2f} s",
+            where,
+        )
+    console.print(table)
+    console.print("ran on: tasks per agent, agent-0 .. agent-7; speeds (steps/s) in the JSON")
+    for load, entry in ratios(results).items():
+        parts = [f"load {load}:"]
+        if "lad_over_local" in entry:
+            ok = "ok" if entry["meets_local_target"] else "MISSED"
+            parts.append(f"LAD/local {entry['lad_over_local']:.2f} (≤ {TARGET_VS_LOCAL}: {ok})")
+        if "lad_over_best" in entry:
+            ok = "ok" if entry["meets_best_target"] else "MISSED"
+            parts.append(
+                f"LAD/best heuristic ({entry['best_heuristic']}) {entry['lad_over_best']:.2f} "
+                f"(≤ {TARGET_VS_BEST}: {ok})"
+            )
+        console.print(" ".join(parts))
+    if kill is not None:
+        console.print(
+            f"kill -9 of {kill['killed']} at {kill['killed_at_s']:.1f} s ({kill['policy']}, load "
+            f"{kill['load']:g}, restarted after {kill['restarted_after_s']:g} s): "
+            f"{kill['count']} tasks, lost {kill['tasks_lost']}, done more than once "
+            f"{kill['tasks_done_more_than_once']}, mean delay {kill['mean_s']:.2f} s"
+        )
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loads = sorted({r["load"] for r in results})
+    policies = [p for p in POLICIES if any(r["policy"] == p for r in results)]
+    width = 0.8 / max(1, len(policies))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for k, policy in enumerate(policies):
+        rows = {r["load"]: r for r in results if r["policy"] == policy}
+        xs = [i + (k - (len(policies) - 1) / 2) * width for i in range(len(loads))]
+        means = [rows[ld]["mean_s"] if ld in rows else math.nan for ld in loads]
+        p95 = [rows[ld]["p95_s"] if ld in rows else math.nan for ld in loads]
+        ax.bar(xs, means, width, label=policy)
+        ax.scatter(xs, p95, marker="_", color="black", s=60, zorder=3)
+    ax.set_xticks(range(len(loads)), [f"load {ld:g}" for ld in loads])
+    ax.set_ylabel("service delay, s (bar: mean, dash: p95)")
+    ax.set_title("8 EMULATED agents on loopback: client-side service delay by policy")
+    ax.legend(ncols=4, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not supports("peers", "policy"):
+        log.print("[yellow]warning:[/] this agent has no peers/policy keys: every run is local")
+    results: list[dict[str, Any]] = []
+    kill_result: dict[str, Any] | None = None
+    started = time.monotonic()
+    traces = {load: trace_for(load, args, k) for k, load in enumerate(args.loads)}
+    for load in args.loads:
+        for policy in args.policies:
+            trace = traces[load]
+            log.print(f"load {load:g}, {policy}: {len(trace)} tasks over {trace[-1].at_s:.0f} s")
+            result = replay(policy, load, trace, args)
+            log.print(
+                f"  mean {result['mean_s']:.2f} s, p95 {result['p95_s']:.2f} s, "
+                f"lost {result['lost'] + result['failed']} ({result['wall_s']:.0f} s)"
+            )
+            results.append(result)
+    if not args.no_kill:
+        trace = traces.get(0.9) or trace_for(0.9, args, len(args.loads))
+        log.print(f"kill run: load 0.9, {args.kill_policy}, {len(trace)} tasks")
+        kill_result = replay(args.kill_policy, 0.9, trace, args, kill=True)
+    report = {
+        "emulated": True,
+        "machine": {
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "loadavg_at_end": os.getloadavg(),
+        },
+        "settings": {
+            "capacities": CAPACITIES,
+            "steps_per_second": speeds(args.scale),
+            "steps": STEPS,
+            "size": "512x512",
+            "duration_s": args.duration,
+            "seed": args.seed,
+            "quick": args.quick,
+            "forwarding": supports("peers", "policy"),
+            "curve": not args.no_curve,
+        },
+        "results": results,
+        "ratios": ratios(results),
+        "kill": kill_result,
+        "wall_s": time.monotonic() - started,
+    }
+    (args.out / "bench_cluster.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    plot(results, args.out / "bench_cluster.png")
+    print_tables(results, kill_result)
+    console.print(f"EMULATED figures; wrote {args.out}/bench_cluster.json and .png")
+    failed = kill_result is not None and (
+        kill_result["tasks_lost"] or kill_result["tasks_done_more_than_once"]
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
