@@ -78,6 +78,11 @@ class Cluster:
         setup: SocketSetup | None = None,
     ) -> None:
         self.config, self.core, self.describe = config, core, describe
+        if config.discovery:
+            raise ConfigError(
+                "`discovery` (mDNS) is not implemented in this version; list the other agents "
+                "in `peers`"
+            )
         self.endpoint = endpoint
         self.interval_s = config.gossip_interval_s
         self.self_index, endpoints, self.n_slots = assign_slots(

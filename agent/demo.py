@@ -115,9 +115,11 @@ def render_table(
         caption += f" · mean delay {stats.mean_s:.2f} s · p95 {stats.p95_s:.2f} s"
         caption += " · ran on " + ", ".join(f"{k}: {v}" for k, v in stats.ran_on.items())
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
-    for name, style in (("#", "dim"), ("prompt", ""), ("origin", ""), ("ran on", "bold")):
-        table.add_column(name, style=style or None, no_wrap=name != "prompt")
-    table.add_column("decision (policy: why)", max_width=38)
+    table.add_column("#", style="dim", no_wrap=True)
+    table.add_column("prompt", max_width=30, no_wrap=True, overflow="ellipsis")
+    table.add_column("origin", no_wrap=True)
+    table.add_column("ran on", style="bold", no_wrap=True)
+    table.add_column("decision (policy: why)", max_width=40, overflow="ellipsis")
     table.add_column("state", no_wrap=True)
     table.add_column("delay", justify="right", no_wrap=True)
     shown = [o for o in outcomes if o.submitted_at is not None][-limit:]
@@ -127,7 +129,7 @@ def render_table(
         decision = f"{o.policy}: {o.reason}" if o.policy else ""
         table.add_row(
             str(o.index + 1),
-            prompts[o.index][:48],
+            prompts[o.index],
             o.origin,
             Text(target, style="magenta" if forwarded else ""),
             decision,
@@ -207,7 +209,8 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             console.print(f"{agent.name}: {agent.endpoint} (node {agent.node[:8]}{extra})")
         outcomes = _replay(cluster, trace, prompts, options, console)
     except ClusterError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        cluster.keep = True  # the logs say why
+        err.print(f"[red]error:[/] {exc} (agent logs in {cluster.root})", soft_wrap=True)
         return ExitCode.INTERNAL
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]: stopping the agents")
@@ -223,10 +226,13 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         console.print(f"{len(written)} PNGs in {options.out}/ (tiny model: noise)")
     if bad:
         first = bad[0]
-        err.print(f"[red]error:[/] {len(bad)} task(s) not done; #{first.index + 1}: {first.error}")
+        err.print(
+            f"[red]error:[/] {len(bad)} task(s) not done; #{first.index + 1}: {first.error}",
+            soft_wrap=True,
+        )
         return ExitCode.TASK_FAILED
     if unclean:
-        err.print(f"[red]error:[/] agents did not stop cleanly: {unclean}")
+        err.print(f"[red]error:[/] agents did not stop cleanly: {unclean}", soft_wrap=True)
         return ExitCode.INTERNAL
     return ExitCode.OK
 

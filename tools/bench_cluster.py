@@ -31,7 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent.cluster_harness import LocalCluster, supports
+from dedgeai.agent.cluster_harness import ClusterError, LocalCluster, supports
 from dedgeai.agent.cluster_load import Arrival, Replayer, poisson_trace, summarise
 
 CAPACITIES = (50, 25, 18, 32, 28, 21, 50, 17)  # the paper's first eight (relative, 10-50)
@@ -92,15 +92,18 @@ def make_cluster(policy: str, args: argparse.Namespace) -> LocalCluster:
 
 
 def executions(cluster: LocalCluster) -> dict[str, int]:
-    """Task id -> number of agents that ran it to completion (from their task lists)."""
+    """Task id -> number of agents whose journal says the task ran to completion there."""
     counts: dict[str, int] = {}
     for agent in cluster.agents:
         if not agent.alive():
             continue
         with cluster.client(agent.index, timeout_s=10.0) as client:
-            for row in client.tasks(limit=1000, state="done"):
-                if int(row.get("attempts") or 0) >= 1:  # started here (not only relayed)
-                    counts[row["task"]] = counts.get(row["task"], 0) + 1
+            rows = client.tasks(limit=1000, state="done")
+        for row in rows:
+            ran_on = row.get("ran_on") or {}
+            here = ran_on.get("node") == agent.node if ran_on else int(row.get("attempts") or 0)
+            if here:
+                counts[row["task"]] = counts.get(row["task"], 0) + 1
     return counts
 
 
@@ -122,18 +125,29 @@ def replay(
     """One fresh cluster, one trace; the summary (and the kill run's counts)."""
     started = time.monotonic()
     cluster = make_cluster(policy, args)
+    timing: dict[str, float] = {}
+    restart_errors: list[str] = []
+
+    def restart() -> None:
+        try:
+            cluster.restart(0)
+        except ClusterError as exc:
+            restart_errors.append(str(exc))
+
     try:
         cluster.start()
         if cluster.peers_supported:
-            cluster.wait_peers_up(timeout_s=60.0)
+            cluster.wait_peers_up(timeout_s=120.0)
+        timing["start_s"] = time.monotonic() - started
         hooks = []
         if kill:
             at = trace[-1].at_s * 0.4
             hooks = [(at, lambda: cluster.agents[0].kill())]
-            restart = threading.Thread(target=cluster.restart, args=(0,), daemon=True)
-            hooks.append((at + args.restart_after, restart.start))  # not in the submit loop
+            thread = threading.Thread(target=restart, daemon=True)  # not in the submit loop
+            hooks.append((at + args.restart_after, thread.start))
         replayer = Replayer(cluster, trace, deadline_s=max(90.0, 4 * args.duration))
         outcomes = replayer.run(hooks)
+        timing["replay_s"] = time.monotonic() - started - timing["start_s"]
         stats = summarise(outcomes)
         result: dict[str, Any] = {"policy": policy, "load": load, **stats.as_dict()}
         result["ran_on"] = {a.name: stats.ran_on.get(a.name, 0) for a in cluster.agents}
@@ -149,9 +163,20 @@ def replay(
             result["tasks_done_more_than_once"] = sum(counts.get(i, 0) > 1 for i in ids)
             result["tasks_without_execution_record"] = sum(counts.get(i, 0) == 0 for i in ids)
             result["lost_errors"] = sorted({o.error or "" for o in outcomes if o.state != "done"})
+            result["restart_errors"] = restart_errors
     finally:
+        stopping = time.monotonic()
         codes = cluster.close()
     result["exit_codes"] = codes
+    result["timing"] = {**timing, "stop_s": time.monotonic() - stopping}
+    result["decision_p99_us"] = max(
+        (
+            s["cluster"]["decisions"].get("p99_us", 0.0)
+            for s in result["scheduler"]
+            if s and s.get("cluster")
+        ),
+        default=None,
+    )
     result["wall_s"] = time.monotonic() - started
     return result
 
@@ -256,9 +281,11 @@ def main(argv: list[str] | None = None) -> int:
             trace = traces[load]
             log.print(f"load {load:g}, {policy}: {len(trace)} tasks over {trace[-1].at_s:.0f} s")
             result = replay(policy, load, trace, args)
+            t = result["timing"]
             log.print(
                 f"  mean {result['mean_s']:.2f} s, p95 {result['p95_s']:.2f} s, "
-                f"lost {result['lost'] + result['failed']} ({result['wall_s']:.0f} s)"
+                f"lost {result['lost'] + result['failed']} (start {t['start_s']:.0f} s, "
+                f"replay {t['replay_s']:.0f} s, stop {t['stop_s']:.0f} s)"
             )
             results.append(result)
     if not args.no_kill:

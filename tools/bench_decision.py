@@ -96,7 +96,7 @@ def main() -> int:
         config = Path(tmp) / "agent.toml"
         config.write_text(
             f'endpoint = "{me}"\nstate_dir = "{tmp}/state"\nmodel = "emulated"\n'
-            f"emulated_steps_per_second = 100000.0\npolicy = \"{args.policy}\"\n"
+            f'emulated_steps_per_second = 100000.0\npolicy = "{args.policy}"\n'
             f"peers = {json.dumps(peers)}\ngossip_interval_s = 0.5\nmax_queue = 100000\n"
             'log_level = "warning"\n'
         )

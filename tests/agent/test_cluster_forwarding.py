@@ -53,14 +53,16 @@ def test_forwarded_task_result_reaches_the_client_through_its_origin(cluster_fac
     assert view["decisions"]["count"] == 2
 
 
-def _collect_dones(sock: zmq.Socket, task: str, seconds: float) -> list[p.Reply]:
-    dones = []
-    deadline = time.monotonic() + seconds
+def _collect_dones(sock: zmq.Socket, task: str, timeout_s: float, linger_s: float) -> list[Any]:
+    """Every `done` for ``task`` until ``linger_s`` after the first (or the timeout)."""
+    dones: list[p.Reply] = []
+    deadline = time.monotonic() + timeout_s
     while (left := deadline - time.monotonic()) > 0:
         if sock.poll(int(left * 1000)):
             reply = p.parse_reply(sock.recv_multipart())
             if reply.type == "done" and reply.get("task") == task:
                 dones.append(reply)
+                deadline = min(deadline, time.monotonic() + linger_s)
     return dones
 
 
@@ -91,7 +93,7 @@ def test_kill_9_of_the_target_mid_task_finishes_elsewhere_exactly_once(
         assert b.proc is not None
         b.proc.send_signal(signal.SIGKILL)
         b.proc.wait(10)
-        dones = _collect_dones(sock, task, 15.0)
+        dones = _collect_dones(sock, task, timeout_s=15.0, linger_s=1.5)
     finally:
         sock.close(0)
     assert len(dones) == 1, [d.fields for d in dones]
