@@ -5,6 +5,9 @@ endpoint (``cluster_size`` may reserve spare slots for peers found by mDNS; one 
 no slot is free is shown but never scheduled). ``Cluster`` owns the peer links and the peer
 table, answers peers' gossip, builds the scheduler's ``ClusterState`` for each submitted
 task (down peers masked), and hands forwarded tasks and their replies to ``Forwarding``.
+The links' handshake events go to ``PeerSecurity`` (CURVE keys per peer); a peer that
+restarted (its gossip's ``started_at`` changed) is asked again at once for the tasks
+forwarded to it, which it resumes from its journal.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import zmq
 from dedgeai.agent import protocol as p
 from dedgeai.agent.config import AgentConfig
 from dedgeai.agent.core import AgentCore, Effect, Route, Send
+from dedgeai.agent.discovery import Discovery, Found, admit
 from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError
 from dedgeai.agent.forwarding import Forwarding, cancel_message, forward_message
 from dedgeai.agent.gossip import (
@@ -31,8 +35,10 @@ from dedgeai.agent.gossip import (
     version_refusal,
 )
 from dedgeai.agent.learning import SchedulerHost
-from dedgeai.agent.peers import Heard, Peer, PeerState, PeerTable, VersionMismatch
+from dedgeai.agent.peer_security import NEXT, OK, REFUSED, PeerSecurity, split_peer
+from dedgeai.agent.peers import Heard, Peer, PeerState, PeerTable, Refused, VersionMismatch
 from dedgeai.agent.results import ResultStore
+from dedgeai.agent.security import fingerprint
 from dedgeai.agent.tasks import TaskRecord, TaskState
 
 log = logging.getLogger("dedgeai.agent.cluster")
@@ -52,7 +58,7 @@ def assign_slots(
     self_endpoints: tuple[str, ...], peers: tuple[str, ...], cluster_size: int
 ) -> tuple[int, dict[int, str], int]:
     """(self index, {slot: peer endpoint}, number of slots): self and peers sorted by endpoint."""
-    others = sorted({e for e in peers if e not in self_endpoints})
+    others = sorted({e for e in (split_peer(x)[0] for x in peers) if e not in self_endpoints})
     ordered = sorted([self_endpoints[0], *others])
     n = max(len(ordered), cluster_size)
     if cluster_size and cluster_size < len(ordered):
@@ -76,13 +82,11 @@ class Cluster:
         endpoint: str,
         describe: Callable[[], dict[str, Any]],
         setup: SocketSetup | None = None,
+        security: PeerSecurity | None = None,
     ) -> None:
+        """``security``: CURVE keys for the links (its ``setup`` is used); None: plain links."""
         self.config, self.core, self.describe = config, core, describe
-        if config.discovery:
-            raise ConfigError(
-                "`discovery` (mDNS) is not implemented in this version; list the other agents "
-                "in `peers`"
-            )
+        self.security = security
         self.endpoint = endpoint
         self.interval_s = config.gossip_interval_s
         self.self_index, endpoints, self.n_slots = assign_slots(
@@ -98,9 +102,20 @@ class Cluster:
             config.train_steps_per_s,
             config.learn_warmup,
         )
+        self.unused: dict[str, dict[str, Any]] = {}  # found by mDNS, not used: why
+        self.discovery: Discovery | None = None
+        if config.discovery:  # before any socket: a failure here leaves nothing open
+            own = security.own if security is not None else None
+            fp = fingerprint(own.public) if own is not None else None
+            try:
+                self.discovery = Discovery(endpoint, core.node, config.display_name, fp)
+            except OSError as exc:
+                raise ConfigError(f"`discovery`: cannot start mDNS (zeroconf): {exc}") from exc
         now = time.time()
         self.table = PeerTable(Peer(s, e, since=now) for s, e in endpoints.items())
-        self.links = PeerLinks(context, endpoints, setup)
+        if security is not None and setup is None:
+            setup = security.setup
+        self.links = PeerLinks(context, endpoints, setup, monitor=security is not None)
         self.forwarding = Forwarding(
             core, results, config.forward_ack_timeout_s, QUIET_INTERVALS * self.interval_s
         )
@@ -118,6 +133,8 @@ class Cluster:
     def close(self) -> None:
         self.host.stop()
         self.links.close()
+        if self.discovery is not None:
+            self.discovery.close()
 
     # --- what this agent publishes ---------------------------------------------------
 
@@ -166,13 +183,33 @@ class Cluster:
         peer = self.table.by_node(str(node)) or next(
             (q for q in self.table if q.endpoint == endpoint), None
         )
-        if peer is not None:
+        if peer is not None and peer.state is not PeerState.REFUSED:  # only our link clears it
             self._heard(peer.slot, Heard(now, msg.body), now)
         reply = p.envelope("gossip", msg.id, **self.body(now), echo_sent_at=msg.body["sent_at"])
         return [Send(route, reply)]
 
-    def on_ready(self, ready: dict[zmq.Socket, int], now: float) -> list[Effect]:
+    def _handshakes(self, ready: dict[zmq.Socket, int], now: float) -> list[Effect]:
         effects: list[Effect] = []
+        if self.security is None:
+            return effects
+        for slot, event, value in self.links.handshakes(ready):
+            endpoint = self.links.endpoints[slot]
+            verdict, text = self.security.judge(endpoint, event, value)
+            if verdict == OK and text:
+                log.info("peer %s: %s", endpoint, text)
+            elif verdict == NEXT:
+                self.links.reopen(slot)  # identify it with the next authorized key
+            elif verdict == REFUSED:
+                old, _ = self.table.apply_(slot, Refused(now, text or "handshake failed"))
+                if old is not PeerState.REFUSED:
+                    log.error("peer %s (slot %d) refused: %s", endpoint, slot, text)
+                self.links.suspend(slot, now)  # tried again after a growing backoff
+                why = "the CURVE handshake with the peer failed"
+                effects += self.forwarding.reclaim_slot(slot, why, now)
+        return effects
+
+    def on_ready(self, ready: dict[zmq.Socket, int], now: float) -> list[Effect]:
+        effects: list[Effect] = self._handshakes(ready, now)
         for slot, frames in self.links.receive(ready):
             try:
                 reply = read_peer_reply(frames)
@@ -196,9 +233,14 @@ class Cluster:
         return effects
 
     def _heard(self, slot: int, event: Heard, now: float) -> None:
+        before = self.table.by_slot[slot].info.get("started_at")
         old, new = self.table.apply_(slot, event)
         if event.info is not None:
             self.pending[slot] = 0.0
+            started = event.info.get("started_at")
+            if before is not None and started is not None and started != before:
+                log.info("peer in slot %d restarted: asking again for its tasks", slot)
+                self.forwarding.ask_again(slot)
         if old is not PeerState.UP and new is PeerState.UP:
             self.links.healthy(slot)
             log.info("peer %s (slot %d) is up", self.table.by_slot[slot].endpoint, slot)
@@ -214,6 +256,10 @@ class Cluster:
     def tick(self, now: float) -> list[Effect]:
         """Gossip and liveness once per interval; forwarding deadlines on every turn."""
         effects: list[Effect] = []
+        self.links.resume_due(now)  # refused links, after their backoff
+        if self.discovery is not None:
+            for found in self.discovery.poll():
+                self._discovered(found, now)
         if now - self.last_gossip >= self.interval_s:
             self.last_gossip = self.interval_started = now
             self.host.start_interval()
@@ -233,6 +279,33 @@ class Cluster:
             effects += self.forward(task, now)
         return effects
 
+    def _discovered(self, found: Found, now: float) -> None:
+        security = self.security
+        decision = admit(
+            found,
+            self_node=self.core.node,
+            self_index=self.self_index,
+            n_slots=self.n_slots,
+            known=dict(self.links.endpoints),
+            known_nodes={q.node for q in self.table if q.node},
+            curve=security is not None and security.curve,
+            key_for=security.key_for_fingerprint if security else lambda _fp: None,
+            plain_ok=lambda e: security is None or security.allows_plain(e, self.config.insecure),
+        )
+        if decision.slot is None:
+            if decision.reason and found.endpoint not in self.unused:
+                log.warning("mDNS: not using %s: %s", found.endpoint, decision.reason)
+            if decision.reason:
+                self.unused[found.endpoint] = {"node": found.node, "reason": decision.reason}
+            return
+        self.unused.pop(found.endpoint, None)
+        if security is not None and decision.key is not None:
+            security.pin(found.endpoint, *decision.key)
+        slot = decision.slot
+        self.table.by_slot[slot] = Peer(slot, found.endpoint, since=now, discovered=True)
+        self.links.add(slot, found.endpoint)
+        log.info("mDNS: peer %s (%s) takes slot %d", found.endpoint, found.node, slot)
+
     # --- forwarding --------------------------------------------------------------------
 
     def forward(self, task: TaskRecord, now: float) -> list[Effect]:
@@ -244,6 +317,9 @@ class Cluster:
         if self.links.send(slot, forward_message(live)):
             self.forwarding.sent(live, now)
             return []
+        track = self.forwarding.outstanding.get(live.id)
+        if track is not None and track.acked:
+            return []  # it has the task: ask again next turn (liveness reclaims a dead peer)
         return self.forwarding.reclaim(live, "the peer's link is not connected", now)
 
     def cancel_remote(self, task: TaskRecord) -> None:
@@ -325,42 +401,7 @@ class Cluster:
     # --- status ----------------------------------------------------------------------
 
     def status(self, now: float) -> dict[str, Any]:
-        rows = [{"slot": self.self_index, "self": True, "state": "up", **self.body(now)}]
-        for peer in self.table:
-            info = peer.info
-            rows.append(
-                {
-                    **info,
-                    "slot": peer.slot,
-                    "self": False,
-                    "state": peer.state.value,
-                    "endpoint": peer.endpoint,
-                    "node": peer.node,
-                    "name": peer.name,
-                    "silent_s": peer.silent_for(now),
-                    "rtt_s": peer.rtt_s,
-                    "error": peer.error,
-                    "discovered": peer.discovered,
-                }
-            )
-        times = np.asarray(self.decision_s) * 1e6
-        decisions: dict[str, Any] = {"count": int(times.size)}
-        if times.size:
-            decisions.update(
-                p50_us=float(np.percentile(times, 50)),
-                p99_us=float(np.percentile(times, 99)),
-                max_us=float(times.max()),
-            )
-        return {
-            "self_index": self.self_index,
-            "n_servers": self.n_slots,
-            "gossip_interval_s": self.interval_s,
-            "scheduler": self.host.status(),
-            "decisions": decisions,
-            "forwarding": {
-                **self.forwarding.stats(),
-                "forwarded": self.core.counters["forwarded"],
-                "reclaimed": self.core.counters["reclaimed"],
-            },
-            "servers": sorted(rows, key=lambda r: r["slot"]),
-        }
+        """The ``cluster`` section of ``status``: every slot as this agent sees it."""
+        from dedgeai.agent.cluster_status import cluster_status
+
+        return cluster_status(self, now)

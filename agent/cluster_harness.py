@@ -230,7 +230,13 @@ class LocalCluster:
             **agent.settings,
         }
         if self.peers_supported:
-            values["peers"] = [a.endpoint for a in self.agents if a is not agent]
+            # With CURVE, "=name" pins each peer's key (authorized under its agent's name).
+            pin = self.curve_enabled
+            values["peers"] = [
+                f"{a.endpoint}={a.name}" if pin else a.endpoint
+                for a in self.agents
+                if a is not agent
+            ]
         if self.curve_enabled:
             keys_dir = self.root / "keys" / agent.name  # type: ignore[operator]
             values["keys_dir"] = str(keys_dir)

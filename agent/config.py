@@ -52,9 +52,11 @@ def _port(value: int) -> str | None:
 
 def _peers(value: list[Any]) -> str | None:
     for item in value:
-        ok = isinstance(item, str) and item.startswith("tcp://") and ":" in item[len("tcp://") :]
-        if not ok:
-            return f'entries must look like "tcp://HOST:PORT", got {item!r}'
+        endpoint = item.partition("=")[0] if isinstance(item, str) else ""
+        if not (endpoint.startswith("tcp://") and ":" in endpoint[len("tcp://") :]):
+            return (
+                f'entries must look like "tcp://HOST:PORT" or "tcp://HOST:PORT=KEY", got {item!r}'
+            )
     return None
 
 
@@ -77,7 +79,8 @@ KEYS: tuple[Key, ...] = (
         "insecure",
         bool,
         False,
-        "allow binding beyond loopback without CURVE (plain TCP on the network)",
+        "allow plain TCP beyond loopback: binding without CURVE, and links to peers beyond "
+        "loopback when this agent has no key pair",
     ),
     Key(
         "curve",
@@ -187,7 +190,9 @@ KEYS: tuple[Key, ...] = (
         list,
         [],
         "endpoints of the other agents (tcp://HOST:PORT); this agent's own endpoint may be "
-        "listed too (one list for the whole cluster) and is skipped",
+        "listed too (one list for the whole cluster) and is skipped. With CURVE, "
+        "tcp://HOST:PORT=KEY pins the peer's public key (KEY: a name in authorized_keys, a key "
+        "file or a literal key); without =KEY the peer must hold one of the authorized keys",
         _peers,
     ),
     Key(
@@ -241,7 +246,13 @@ KEYS: tuple[Key, ...] = (
         "(a larger value leaves slots for peers found by mDNS)",
         lambda value: None if value >= 0 else "must be >= 0",
     ),
-    Key("discovery", bool, False, "find peers on the local network with mDNS (_dedgeai._tcp)"),
+    Key(
+        "discovery",
+        bool,
+        False,
+        "find peers on the local network with mDNS (_dedgeai._tcp); they fill the spare slots "
+        "of `cluster_size`, and with CURVE only those whose key is authorized are used",
+    ),
 )
 
 

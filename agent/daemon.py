@@ -33,9 +33,10 @@ from dedgeai.agent.core import (
     Send,
     StartJob,
 )
-from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError
+from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError, SecurityError
 from dedgeai.agent.journal import Journal
 from dedgeai.agent.metrics import AgentMetrics
+from dedgeai.agent.peer_security import PeerSecurity
 from dedgeai.agent.results import ResultStore
 from dedgeai.agent.security import SecurityConfig, curve_required, load_keypair, server_security
 from dedgeai.agent.service import Notifier, StopFlag
@@ -103,7 +104,8 @@ class AgentDaemon:
             self.journal.require_node_id(), config.max_queue, DiskStore(self.journal, self.results)
         )
         self.metrics = AgentMetrics()
-        self._execute(self.core.recover(self.journal.unfinished(), time.time()))
+        recovered = self.core.recover(self.journal.unfinished(), time.time())
+        self._execute([e for e in recovered if not isinstance(e, Forward)])  # Forward: below
         self._apply_retention(time.time())
         if self.core.queue:
             log.info("resuming %d unfinished task(s) from the journal", len(self.core.queue))
@@ -138,15 +140,26 @@ class AgentDaemon:
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         try:  # peers, gossip, the scheduling policy (a checkpoint that does not fit: exit 2)
             self.cluster: Cluster | None = None
+            peer_security = PeerSecurity.from_config(config, self.security, self.endpoint)
             self.cluster = Cluster(
-                config, self.core, self.results, self.context, self.endpoint, self._describe
+                config,
+                self.core,
+                self.results,
+                self.context,
+                self.endpoint,
+                self._describe,
+                setup=peer_security.setup,
+                security=peer_security,
             )
-        except ConfigError:
+        except (ConfigError, SecurityError):
             self.router.close(0)
             if getattr(self, "authenticator", None) is not None:
                 self.authenticator.stop()
             self.context.term()
             raise
+        # Tasks this agent had forwarded before a crash: ask their peers again, now that the
+        # peer links exist (idempotent by task id; the result streams back on the new link).
+        self._execute([e for e in recovered if isinstance(e, Forward)])
         self.wake = self.context.socket(zmq.PULL)
         wake_endpoint = f"inproc://worker-wake-{uuid.uuid4().hex}"
         self.wake.bind(wake_endpoint)
@@ -191,6 +204,7 @@ class AgentDaemon:
             "plan": str(self._plan.get("text", "")),
             "telemetry": self._telemetry_dict() if hasattr(self, "telemetry") else {},
             "version": _version(),
+            "started_at": self.started_at,  # a new value tells peers this agent restarted
         }
 
     def _write_endpoint_files(self) -> None:

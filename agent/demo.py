@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -114,12 +115,19 @@ def render_table(
     if stats is not None:
         caption += f" · mean delay {stats.mean_s:.2f} s · p95 {stats.p95_s:.2f} s"
         caption += " · ran on " + ", ".join(f"{k}: {v}" for k, v in stats.ran_on.items())
-    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    table = Table(
+        title=title,
+        caption=caption,
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        expand=True,
+    )
     table.add_column("#", style="dim", no_wrap=True)
-    table.add_column("prompt", max_width=30, no_wrap=True, overflow="ellipsis")
+    table.add_column("prompt", ratio=2, min_width=10, no_wrap=True, overflow="ellipsis")
     table.add_column("origin", no_wrap=True)
     table.add_column("ran on", style="bold", no_wrap=True)
-    table.add_column("decision (policy: why)", max_width=40, overflow="ellipsis")
+    table.add_column("decision", ratio=3, min_width=16, no_wrap=True, overflow="ellipsis")
     table.add_column("state", no_wrap=True)
     table.add_column("delay", justify="right", no_wrap=True)
     shown = [o for o in outcomes if o.submitted_at is not None][-limit:]
@@ -256,7 +264,9 @@ def _replay(
             printed.add(outcome.index)
             console.print(
                 f"task {outcome.index + 1}: {outcome.origin} -> {outcome.target} "
-                f"[{outcome.policy}: {outcome.reason}] {outcome.state} {_delay(outcome)}"
+                f"({outcome.policy}: {outcome.reason}) {outcome.state} {_delay(outcome)}"
+                + (" [EMULATED]" if options.emulate else ""),
+                markup=False,
             )
 
     replayer = Replayer(cluster, trace, deadline_s=options.timeout_s, on_change=on_change)

@@ -195,6 +195,12 @@ class Forwarding:
                 effects += self.reclaim(task, why, now)
         return effects
 
+    def ask_again(self, slot: int) -> None:
+        """The peer in ``slot`` restarted: its acknowledged tasks are asked for on this turn."""
+        for track in self.outstanding.values():
+            if track.slot == slot and track.acked:
+                track.heard_at = float("-inf")
+
     def tick(self, now: float) -> tuple[list[Effect], list[TaskRecord]]:
         """Reclaim unacknowledged forwards; return quiet ones to be asked again."""
         effects: list[Effect] = []

@@ -6,15 +6,19 @@ libzmq reconnects by itself with exponential backoff (``RECONNECT_IVL`` up to
 ``RECONNECT_IVL_MAX``); when a peer is marked down its socket is also thrown away and
 opened again (the guide's Lazy Pirate), so nothing stale is delivered when it returns.
 Gossip goes out on these links about once a second and is answered with the peer's own.
+With ``monitor`` (CURVE peer links) each socket also has a handshake monitor (a PAIR
+socket on inproc, same owner) whose events ``handshakes`` reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from dedgeai.agent import protocol as p
 from dedgeai.agent.errors import ErrorCode, ProtocolError
@@ -30,17 +34,28 @@ GOSSIP_ID = "gossip"
 MAX_RECV_PER_TURN = 256
 
 SocketSetup = Callable[[zmq.Socket, str], None]  # e.g. CURVE client keys, before connect
+HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 class PeerLinks:
     """The DEALER sockets to every peer slot; one owner: the loop thread."""
 
     def __init__(
-        self, context: zmq.Context, endpoints: dict[int, str], setup: SocketSetup | None = None
+        self,
+        context: zmq.Context,
+        endpoints: dict[int, str],
+        setup: SocketSetup | None = None,
+        monitor: bool = False,
     ) -> None:
-        self.context, self.setup = context, setup
+        self.context, self.setup, self.monitor = context, setup, monitor
         self.endpoints = dict(endpoints)
         self.sockets: dict[int, zmq.Socket] = {}
+        self.monitors: dict[int, zmq.Socket] = {}
         self._reset_at: dict[int, float] = {}
         self._reset_backoff: dict[int, float] = {}
         self.poller: zmq.Poller | None = None
@@ -58,10 +73,29 @@ class PeerLinks:
         sock.setsockopt(zmq.MAXMSGSIZE, 64 * p.MAX_FRAME_BYTES)  # a relayed `done` has a PNG
         if self.setup is not None:
             self.setup(sock, self.endpoints[slot])
+        if self.monitor:
+            self.monitors[slot] = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+            if self.poller is not None:
+                self.poller.register(self.monitors[slot], zmq.POLLIN)
         sock.connect(self.endpoints[slot])
         if self.poller is not None:
             self.poller.register(sock, zmq.POLLIN)
         return sock
+
+    def _close(self, slot: int) -> None:
+        old = self.sockets.pop(slot, None)
+        if old is None:
+            return
+        watcher = self.monitors.pop(slot, None)
+        if self.poller is not None:
+            self.poller.unregister(old)
+            if watcher is not None:
+                self.poller.unregister(watcher)
+        if watcher is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                old.disable_monitor()
+            watcher.close(0)
+        old.close(0)
 
     def add(self, slot: int, endpoint: str) -> None:
         """A peer found after start (mDNS)."""
@@ -70,8 +104,24 @@ class PeerLinks:
 
     def register(self, poller: zmq.Poller) -> None:
         self.poller = poller
-        for sock in self.sockets.values():
+        for sock in [*self.sockets.values(), *self.monitors.values()]:
             poller.register(sock, zmq.POLLIN)
+
+    def handshakes(self, ready: dict[zmq.Socket, int]) -> Iterator[tuple[int, int, int]]:
+        """(slot, event, value) of the handshake events waiting on ready monitors."""
+        for slot, watcher in list(self.monitors.items()):
+            if watcher not in ready:
+                continue
+            while watcher.poll(0):
+                event = recv_monitor_message(watcher)
+                yield slot, int(event["event"]), int(event["value"])
+                if self.monitors.get(slot) is not watcher:
+                    break  # the consumer reopened the link meanwhile
+
+    def reopen(self, slot: int) -> None:
+        """Close and reopen a link now (new socket options, e.g. the next server key)."""
+        self._close(slot)
+        self.sockets[slot] = self._open(slot)
 
     def send(self, slot: int, message: dict[str, Any]) -> bool:
         """Queue one message for the peer without blocking; False when it cannot take it."""
@@ -105,12 +155,24 @@ class PeerLinks:
         backoff = min(RESET_BACKOFF_MAX_S, 2 * self._reset_backoff.get(slot, 0.5))
         self._reset_backoff[slot] = backoff
         self._reset_at[slot] = now + backoff
-        old = self.sockets[slot]
-        if self.poller is not None:
-            self.poller.unregister(old)
-        old.close(0)
-        self.sockets[slot] = self._open(slot)
+        self.reopen(slot)
         return True
+
+    def suspend(self, slot: int, now: float) -> None:
+        """Close a refused link; ``resume_due`` opens it again after a growing backoff."""
+        self._close(slot)
+        backoff = min(RESET_BACKOFF_MAX_S, 2 * self._reset_backoff.get(slot, 0.5))
+        self._reset_backoff[slot] = backoff
+        self._reset_at[slot] = now + backoff
+
+    def resume_due(self, now: float) -> list[int]:
+        """Reopen the suspended links whose backoff has passed; returns their slots."""
+        due = [
+            s for s in self.endpoints if s not in self.sockets and now >= self._reset_at.get(s, 0.0)
+        ]
+        for slot in due:
+            self.sockets[slot] = self._open(slot)
+        return due
 
     def healthy(self, slot: int) -> None:
         """The peer answers again: the next reset may happen without delay."""
@@ -118,9 +180,8 @@ class PeerLinks:
         self._reset_at.pop(slot, None)
 
     def close(self) -> None:
-        for sock in self.sockets.values():
-            sock.close(0)
-        self.sockets.clear()
+        for slot in list(self.sockets):
+            self._close(slot)
 
 
 def read_peer_reply(frames: list[bytes]) -> Reply:

@@ -4,12 +4,15 @@ Each configured (or discovered) peer occupies one fixed server slot. Anything he
 it counts as a heartbeat (the ZeroMQ guide's rule); a peer silent for ``LIVENESS_INTERVALS``
 gossip intervals is marked down and masked from scheduling until it speaks again. A peer
 that answers in another protocol version is ``incompatible`` (masked, shown with the error)
-until it answers in ours.
+until it answers in ours. A peer whose CURVE handshake fails (it refuses this agent's key,
+or none of our keys for it is its key) is ``refused`` (masked, shown with the error) until
+a handshake succeeds and it is heard.
 
     connecting ──Heard──▶ up ──Silent──▶ down ──Heard──▶ up
         │                  │                 ▲
         └──Silent──────────┼─────────────────┘
     any ──VersionMismatch──▶ incompatible ──Heard──▶ up
+    any ──Refused──▶ refused ──Heard──▶ up
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class PeerState(str, Enum):
     UP = "up"
     DOWN = "down"
     INCOMPATIBLE = "incompatible"  # it speaks another protocol version
+    REFUSED = "refused"  # the CURVE handshake with it fails (see ``error``)
 
     @property
     def schedulable(self) -> bool:
@@ -57,9 +61,18 @@ class VersionMismatch:
     error: str
 
 
-PeerEvent = Heard | Silent | VersionMismatch
+@dataclass(frozen=True)
+class Refused:
+    """The CURVE handshake failed: it refused our key, or it is not who we expect."""
+
+    at: float
+    error: str
+
+
+PeerEvent = Heard | Silent | VersionMismatch | Refused
 
 C, U, D, X = PeerState.CONNECTING, PeerState.UP, PeerState.DOWN, PeerState.INCOMPATIBLE
+R = PeerState.REFUSED
 TRANSITIONS: dict[tuple[PeerState, type], PeerState] = {
     (C, Heard): U,
     (U, Heard): U,
@@ -73,6 +86,14 @@ TRANSITIONS: dict[tuple[PeerState, type], PeerState] = {
     (U, VersionMismatch): X,
     (D, VersionMismatch): X,
     (X, VersionMismatch): X,
+    (R, Heard): U,
+    (R, Silent): R,
+    (R, VersionMismatch): X,
+    (C, Refused): R,
+    (U, Refused): R,
+    (D, Refused): R,
+    (X, Refused): R,
+    (R, Refused): R,
 }
 
 
@@ -115,6 +136,8 @@ def apply(peer: Peer, event: PeerEvent) -> Peer:
             return replace(peer, state=target)
         case VersionMismatch(at=at, error=error):
             return replace(peer, state=target, error=error, last_heard=at)
+        case Refused(error=error):
+            return replace(peer, state=target, error=error)
     raise TypeError(f"not a peer event: {event!r}")
 
 

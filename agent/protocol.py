@@ -139,6 +139,7 @@ _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "running": (str, type(None)),
         "telemetry": (dict,),
         "version": (str,),
+        "started_at": (int, float),  # when the agent started: a new value means it restarted
     },
 }
 _REQUIRED = {

@@ -96,12 +96,24 @@ def cluster_table(cluster: dict[str, Any]) -> Table:
     table = Table(title=title, title_justify="left")
     for name in ("#", "name", "state", "backlog", "load", "capacity", "rtt", "model", "device"):
         table.add_column(name, no_wrap=True)
-    colours = {"up": "green", "down": "red", "incompatible": "red", "connecting": "yellow"}
+    colours = {
+        "up": "green",
+        "down": "red",
+        "incompatible": "red",
+        "refused": "red",
+        "connecting": "yellow",
+    }
+    notes = [f"slot {r['slot']}: {r['error']}" for r in cluster["servers"] if r.get("error")]
+    notes += [
+        f"mDNS {u['endpoint']} not used: {u['reason']}"
+        for u in cluster.get("discovered_unused", [])
+    ]
+    table.caption, table.caption_justify = "\n".join(notes) or None, "left"
     for row in cluster["servers"]:
         state = row["state"]
         label = f"[{colours.get(state, 'white')}]{state}[/]"
         if row.get("error"):
-            label += f" ({row['error'][:60]})"
+            label += " (!)"  # the whole error is in the caption
         rate = row.get("capacity_steps_per_s")
         model = str(row.get("model") or "-") + (" (EMULATED)" if row.get("emulated") else "")
         table.add_row(

@@ -42,7 +42,7 @@ LOADS = (0.6, 0.9, 1.2)
 STEPS = (10, 19)
 TARGET_VS_LOCAL = 0.75
 TARGET_VS_BEST = 1.0
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 132)
 log = Console(stderr=True)
 
 
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kill-policy", default="lad", choices=POLICIES)
     parser.add_argument("--restart-after", type=float, default=5.0, help="s before restarting")
     args = parser.parse_args(argv)
-    args.duration = args.duration or (10.0 if args.quick else 20.0)
+    args.duration = args.duration or (8.0 if args.quick else 13.0)
     args.policies = tuple(args.policies or (QUICK_POLICIES if args.quick else POLICIES))
     args.loads = tuple(args.loads or ((0.9,) if args.quick else LOADS))
     return args
@@ -91,9 +91,9 @@ def make_cluster(policy: str, args: argparse.Namespace) -> LocalCluster:
     return LocalCluster(per_agent, common, curve=not args.no_curve)
 
 
-def executions(cluster: LocalCluster) -> dict[str, int]:
-    """Task id -> number of agents whose journal says the task ran to completion there."""
-    counts: dict[str, int] = {}
+def executions(cluster: LocalCluster) -> dict[str, list[str]]:
+    """Task id -> the agents whose journal says the task ran to completion there."""
+    where: dict[str, list[str]] = {}
     for agent in cluster.agents:
         if not agent.alive():
             continue
@@ -103,8 +103,8 @@ def executions(cluster: LocalCluster) -> dict[str, int]:
             ran_on = row.get("ran_on") or {}
             here = ran_on.get("node") == agent.node if ran_on else int(row.get("attempts") or 0)
             if here:
-                counts[row["task"]] = counts.get(row["task"], 0) + 1
-    return counts
+                where.setdefault(row["task"], []).append(agent.name)
+    return where
 
 
 def scheduler_status(cluster: LocalCluster) -> list[Any]:
@@ -117,6 +117,16 @@ def scheduler_status(cluster: LocalCluster) -> list[Any]:
             body = client.status()
         found.append({k: body[k] for k in ("scheduler", "cluster") if k in body} or None)
     return found
+
+
+def forwarding_totals(status: list[Any]) -> dict[str, int]:
+    """Forwarded, re-dispatched (reclaimed) and dropped-duplicate counts over all agents."""
+    totals = {"forwarded": 0, "reclaimed": 0, "dropped_duplicates": 0}
+    for entry in status:
+        forwarding = ((entry or {}).get("cluster") or {}).get("forwarding") or {}
+        for key in totals:
+            totals[key] += int(forwarding.get(key) or 0)
+    return totals
 
 
 def replay(
@@ -160,10 +170,18 @@ def replay(
             result["killed_at_s"] = trace[-1].at_s * 0.4
             result["restarted_after_s"] = args.restart_after
             result["tasks_lost"] = stats.lost + stats.failed
-            result["tasks_done_more_than_once"] = sum(counts.get(i, 0) > 1 for i in ids)
-            result["tasks_without_execution_record"] = sum(counts.get(i, 0) == 0 for i in ids)
+            result["tasks_done_more_than_once"] = sum(len(counts.get(i, [])) > 1 for i in ids)
+            result["tasks_without_execution_record"] = sum(not counts.get(i) for i in ids)
+            result["executed_more_than_once"] = {
+                i: counts[i] for i in ids if len(counts.get(i, [])) > 1
+            }
+            result["lost_tasks"] = [o.task for o in outcomes if o.state != "done"]
             result["lost_errors"] = sorted({o.error or "" for o in outcomes if o.state != "done"})
             result["restart_errors"] = restart_errors
+            result["forwarding"] = forwarding_totals(result["scheduler"])
+            if result["tasks_lost"] or result["tasks_done_more_than_once"] or restart_errors:
+                cluster.keep = True  # the agents' logs say what happened
+                result["kept_logs"] = str(cluster.root)
     finally:
         stopping = time.monotonic()
         codes = cluster.close()
@@ -200,9 +218,10 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def print_tables(results: list[dict[str, Any]], kill: dict[str, Any] | None) -> None:
+def print_tables(results: list[dict[str, Any]], kill: dict[str, Any] | None, scale: float) -> None:
     table = Table(title="bench_cluster (EMULATED backends, 8 agents on loopback)")
-    for name in ("load", "policy", "tasks", "done", "lost", "mean delay", "p95 delay", "ran on"):
+    columns = ("load", "policy", "tasks", "lost", "mean delay", "p95 delay", "decide p99", "ran on")
+    for name in columns:
         table.add_column(name, justify="left" if name in ("policy", "ran on") else "right")
     for r in sorted(results, key=lambda r: (r["load"], POLICIES.index(r["policy"]))):
         where = " ".join(f"{v}" for v in r["ran_on"].values())
@@ -212,14 +231,18 @@ def print_tables(results: list[dict[str, Any]], kill: dict[str, Any] | None) -> 
             f"{r['load']:g}",
             r["policy"],
             str(r["count"]),
-            str(r["done"]),
             str(r["lost"] + r["failed"]),
             f"{r['mean_s']:.2f} s",
             f"{r['p95_s']:.2f} s",
+            "-" if r["decision_p99_us"] is None else f"{r['decision_p99_us'] / 1000:.2f} ms",
             where,
         )
     console.print(table)
-    console.print("ran on: tasks per agent, agent-0 .. agent-7; speeds (steps/s) in the JSON")
+    console.print(
+        "ran on: tasks per agent, agent-0 .. agent-7 at "
+        + " ".join(f"{v:g}" for v in speeds(scale))
+        + " steps/s; decide p99: the slowest agent's decision time p99 (in the agent)"
+    )
     for load, entry in ratios(results).items():
         parts = [f"load {load}:"]
         if "lad_over_local" in entry:
@@ -237,7 +260,10 @@ def print_tables(results: list[dict[str, Any]], kill: dict[str, Any] | None) -> 
             f"kill -9 of {kill['killed']} at {kill['killed_at_s']:.1f} s ({kill['policy']}, load "
             f"{kill['load']:g}, restarted after {kill['restarted_after_s']:g} s): "
             f"{kill['count']} tasks, lost {kill['tasks_lost']}, done more than once "
-            f"{kill['tasks_done_more_than_once']}, mean delay {kill['mean_s']:.2f} s"
+            f"{kill['tasks_done_more_than_once']}, mean delay {kill['mean_s']:.2f} s; "
+            f"forwarded {kill['forwarding']['forwarded']}, re-dispatched "
+            f"{kill['forwarding']['reclaimed']}, duplicate results dropped "
+            f"{kill['forwarding']['dropped_duplicates']}"
         )
 
 
@@ -318,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "bench_cluster.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     plot(results, args.out / "bench_cluster.png")
-    print_tables(results, kill_result)
+    print_tables(results, kill_result, args.scale)
     console.print(f"EMULATED figures; wrote {args.out}/bench_cluster.json and .png")
     failed = kill_result is not None and (
         kill_result["tasks_lost"] or kill_result["tasks_done_more_than_once"]

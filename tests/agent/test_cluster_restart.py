@@ -1,0 +1,102 @@
+"""A peer that restarts (kill -9, same port and state) resumes a forwarded task from its journal.
+
+Documented semantics (docs/agent.md, "Failures"): while the origin still sees the target as
+alive (it restarted within 3 of the origin's gossip intervals), the task is not re-dispatched:
+the origin notices the restart (the target's gossip carries a new ``started_at``), asks again
+with the same idempotent ``submit``, the target resumes the task from its journal and the
+result comes back through the origin, exactly once.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import zmq
+
+from dedgeai.agent import protocol as p
+from dedgeai.models.backend import GenerationRequest
+
+from .conftest import cluster_view, free_ports, peer_states, wait_for  # noqa: TID252
+
+
+def _node(agent: Any) -> str:
+    with agent.client() as client:
+        return client.status()["agent"]["node"]
+
+
+def _dones(sock: zmq.Socket, task: str, timeout_s: float, linger_s: float) -> list[p.Reply]:
+    """Every `done` for ``task`` until ``linger_s`` after the first (or the timeout)."""
+    dones: list[p.Reply] = []
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        if sock.poll(int(left * 1000)):
+            reply = p.parse_reply(sock.recv_multipart())
+            if reply.type == "done" and reply.get("task") == task:
+                dones.append(reply)
+                deadline = min(deadline, time.monotonic() + linger_s)
+    return dones
+
+
+def test_restarted_peer_resumes_a_forwarded_task_and_returns_it_once(agent_factory):
+    ends = [f"tcp://127.0.0.1:{port}" for port in free_ports(2)]
+    # The origin gossips slowly: the target stays "up" (not reclaimed) across its restart.
+    a = agent_factory(
+        "a", endpoint=ends[0], peers=ends, policy="round-robin", gossip_interval_s=5.0
+    )
+    b = agent_factory(
+        "b",
+        endpoint=ends[1],
+        peers=ends,
+        policy="round-robin",
+        gossip_interval_s=0.2,
+        emulated_steps_per_second=10.0,
+    )
+    for agent in (a, b):
+        agent.env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda x: x.start(), (a, b)))
+    for agent in (a, b):
+        wait_for(lambda agent=agent: set(peer_states(agent).values()) == {"up"}, 30.0, "peers up")
+    wait_for(
+        lambda: all(s.get("capacity_steps_per_s") for s in cluster_view(a)["servers"]),
+        30.0,
+        "a knows b's capacity",
+    )
+    node_a, node_b = _node(a), _node(b)
+    with a.client() as client:  # round-robin starts here; the next task goes to the peer
+        client.generate(GenerationRequest(prompt="q", steps=1, width=256, height=256))
+    slow = GenerationRequest(prompt="forwarded, then resumed", steps=25, width=512, height=512)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(a.endpoint)
+    try:
+        task = p.new_task_id()
+        sock.send(p.encode(p.envelope("submit", "s1", **p.request_to_wire(slow), task=task)))
+        accepted = p.parse_reply(sock.recv_multipart())
+        assert accepted.type == "accepted" and accepted.get("forwarded_to") is not None
+        with b.client() as client:  # b journaled it (its `accepted` was the ack) and runs it
+            wait_for(lambda: (client.result(task).get("step") or 0) >= 2, 20.0, "b running it")
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGKILL)
+        b.proc.wait(10)
+        b.start()  # same port, same state directory: it resumes the task from its journal
+        dones = _dones(sock, task, timeout_s=30.0, linger_s=1.5)
+    finally:
+        sock.close(0)
+    assert len(dones) == 1, [d.fields for d in dones]
+    done = dones[0]
+    assert done.get("ran_on")["node"] == node_b and done.get("origin") == node_a
+    assert not done.get("placement").get("redispatches")  # resumed, not re-dispatched
+    with b.client() as client:
+        row = next(r for r in client.tasks() if r["task"] == task)
+    assert row["state"] == "done" and row["origin"] == node_a and row["attempts"] == 2
+    view = cluster_view(a)
+    assert view["forwarding"]["reclaimed"] == 0
+    assert view["forwarding"]["dropped_duplicates"] == 0
+    assert "restarted: asking again" in a.log()
+    with a.client() as client:
+        rows = [r for r in client.tasks() if r["task"] == task]
+    assert len(rows) == 1 and rows[0]["state"] == "done"
