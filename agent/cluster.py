@@ -48,6 +48,7 @@ LINK_MBIT_PER_S = 100.0  # assumed link speed for the forwarding-overhead estima
 REQUEST_OVERHEAD_BYTES = 200  # envelope and fields of a forwarded submit, beyond the prompts
 DECISION_SAMPLES = 4096  # scheduling latencies kept for the status percentiles
 QUIET_INTERVALS = 3  # a forwarded task silent this many gossip intervals is asked again
+HOLD_INTERVALS = 10  # a resumed forwarded task its origin (up) has not asked for is dropped
 
 
 def equivalent_steps(steps: int, width: int, height: int) -> float:
@@ -101,6 +102,8 @@ class Cluster:
             config.learn,
             config.train_steps_per_s,
             config.learn_warmup,
+            policy_actions=config.policy_actions,
+            explore_epsilon=config.explore_epsilon,
         )
         self.unused: dict[str, dict[str, Any]] = {}  # found by mDNS, not used: why
         self.discovery: Discovery | None = None
@@ -123,6 +126,7 @@ class Cluster:
         self.interval_started = now
         self.last_gossip = 0.0
         self.decision_s: deque[float] = deque(maxlen=DECISION_SAMPLES)
+        self.up_at: dict[int, float] = {}  # when each peer last came up
         core.placer = self.place
         core.identity = {"node": core.node, "name": config.display_name, "endpoint": endpoint}
 
@@ -242,6 +246,7 @@ class Cluster:
                 log.info("peer in slot %d restarted: asking again for its tasks", slot)
                 self.forwarding.ask_again(slot)
         if old is not PeerState.UP and new is PeerState.UP:
+            self.up_at[slot] = now
             self.links.healthy(slot)
             log.info("peer %s (slot %d) is up", self.table.by_slot[slot].endpoint, slot)
 
@@ -273,10 +278,31 @@ class Cluster:
                     self.links.reset(slot, now)
                     why = "peer down (silent for 3 gossip intervals)"
                     effects += self.forwarding.reclaim_slot(slot, why, now)
+        effects += self._release_unclaimed(now)
         reclaimed, again = self.forwarding.tick(now)
         effects += reclaimed
         for task in again:
             effects += self.forward(task, now)
+        return effects
+
+    def _release_unclaimed(self, now: float) -> list[Effect]:
+        """Resumed forwarded tasks whose origin, up for a while, has not asked for them again.
+
+        An origin asks again at once for every task still forwarded here when it sees this
+        agent back (new ``started_at``), and for any quiet one every 3 intervals; one it
+        reclaimed while this agent was down it never asks for, so that is not run here.
+        """
+        effects: list[Effect] = []
+        wait = HOLD_INTERVALS * self.interval_s
+        for task_id, since in list(self.core.held.items()):
+            task = self.core.tasks.get(task_id)
+            peer = self.table.by_node(str(task.origin)) if task is not None else None
+            if peer is None or peer.state is not PeerState.UP:
+                continue  # keep it: its origin may still ask for it when it is back
+            if now - max(since, self.up_at.get(peer.slot, since)) > wait:
+                why = f"not run: its origin {peer.name or peer.endpoint} did not ask for it again"
+                log.info("task %s: %s (it was dispatched elsewhere)", task_id, why)
+                effects += self.core.release_held(task_id, now, why)
         return effects
 
     def _discovered(self, found: Found, now: float) -> None:

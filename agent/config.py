@@ -216,6 +216,22 @@ KEYS: tuple[Key, ...] = (
         "a policy from `dedgeai sim train` to start from when the state directory has none "
         "(<state_dir>/policy.pt, where online learning saves)",
     ),
+    Key(
+        "policy_actions",
+        str,
+        "argmax",
+        "how a learned policy picks a target at run time: argmax (the most likely live server, "
+        "the paper's deployment step) or sample (draw from its probabilities, as in training)",
+        _one_of("argmax", "sample"),
+    ),
+    Key(
+        "explore_epsilon",
+        float,
+        0.05,
+        "with policy_actions = argmax, the share of decisions sent to a uniformly drawn live "
+        "server instead, so online learning still sees other actions; 0: never",
+        lambda value: None if 0.0 <= value <= 1.0 else "must be between 0 and 1",
+    ),
     Key("train_steps_per_s", float, 2.0, "upper bound on online training steps", _positive),
     Key(
         "learn_warmup",
@@ -285,6 +301,8 @@ class AgentConfig:
     policy: str = "lad"
     learn: bool = True
     policy_checkpoint: str = ""
+    policy_actions: str = "argmax"
+    explore_epsilon: float = 0.05
     train_steps_per_s: float = 2.0
     learn_warmup: int = 300
     gossip_interval_s: float = 1.0

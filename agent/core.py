@@ -112,11 +112,20 @@ class AgentCore:
         self.counters: Counter[str] = Counter()  # since this start: started, done, failed, ...
         self.placer: Placer | None = None  # None: every task runs here (a single box)
         self.identity: dict[str, Any] = {"node": node}  # recorded as ``ran_on`` in results
+        # Forwarded tasks resumed from the journal, waiting for their origin to ask again
+        # (task -> since when): the origin may have re-dispatched them while we were down.
+        self.held: dict[TaskId, float] = {}
 
     # --- recovery ------------------------------------------------------------------
 
-    def recover(self, records: list[TaskRecord], now: float) -> list[Effect]:
-        """Load the journal's unfinished tasks: interrupted runs go back to the queue."""
+    def recover(
+        self, records: list[TaskRecord], now: float, hold_forwarded: bool = False
+    ) -> list[Effect]:
+        """Load the journal's unfinished tasks: interrupted runs go back to the queue.
+
+        With ``hold_forwarded`` (an agent with peers), a task forwarded here by another origin
+        waits in ``held`` until that origin asks for it again (see :meth:`_resubmit`).
+        """
         effects: list[Effect] = []
         for task in sorted(records, key=lambda t: t.seq):
             if task.state is TaskState.RUNNING:
@@ -128,7 +137,12 @@ class AgentCore:
                     if task.cancel_requested:
                         task = apply(task, CancelRequested(now))
                 effects.append(Persist(task))
-            if task.state is TaskState.QUEUED:
+            if task.state is TaskState.QUEUED and hold_forwarded and task.origin != self.node:
+                # Run it only once its origin asks for it again (it re-sends the same submit
+                # when it sees us back); an origin that moved it elsewhere never does.
+                self.tasks[task.id] = task
+                self.held[task.id] = now
+            elif task.state is TaskState.QUEUED:
                 self.tasks[task.id] = task
                 self.queue.append(task.id)
             elif task.state is TaskState.FORWARDED:  # ask its peer again (idempotent)
@@ -214,6 +228,10 @@ class AgentCore:
         return self._notify(task, stage, position)
 
     def _resubmit(self, route: Route, msg: p.Submit, known: TaskRecord) -> list[Effect]:
+        if known.id in self.held:  # its origin still wants it from us: run it now
+            del self.held[known.id]
+            self.queue.append(known.id)
+            self.counters["resumed"] += 1
         if not known.state.finished:
             if msg.wait:
                 self._subscribe(known.id, route, msg.id)
@@ -272,7 +290,9 @@ class AgentCore:
         if task.state is TaskState.RUNNING:
             self.tasks[task.id] = task
             return [Persist(task), CancelJob(task.id), Send(route, reply)]
-        self.queue.remove(task.id)
+        if task.id in self.queue:
+            self.queue.remove(task.id)
+        self.held.pop(task.id, None)
         reply["state"] = "cancelled"
         return [*self._finish(task), Send(route, reply)]
 
@@ -309,9 +329,20 @@ class AgentCore:
                 return [Persist(requeued)]
         return []
 
+    def release_held(self, task_id: TaskId, now: float, why: str) -> list[Effect]:
+        """Drop a resumed forwarded task that its origin did not ask for again: it is not run."""
+        self.held.pop(task_id, None)
+        task = self.tasks.get(task_id)
+        if task is None or task.state is not TaskState.QUEUED:
+            return []
+        self.counters["released"] += 1
+        stopped = replace(apply(task, CancelRequested(now)), error=why)
+        return self._finish(stopped)
+
     def _finish(self, task: TaskRecord, png: bytes | None = None) -> list[Effect]:
         """Persist a finished task, tell its subscribers, forget it (disk has it now)."""
         self.tasks.pop(task.id, None)
+        self.held.pop(task.id, None)
         if self.running == task.id:
             self.running = None
         self.counters[task.state.value] += 1
@@ -347,7 +378,7 @@ class AgentCore:
         return effects
 
     def backlog(self) -> tuple[int, float | None]:
-        return backlog(self.tasks.values(), self.profile)
+        return backlog((t for t in self.tasks.values() if t.id not in self.held), self.profile)
 
 
 def _not_found(request_id: str, task: TaskId) -> dict[str, Any]:

@@ -104,11 +104,20 @@ class AgentDaemon:
             self.journal.require_node_id(), config.max_queue, DiskStore(self.journal, self.results)
         )
         self.metrics = AgentMetrics()
-        recovered = self.core.recover(self.journal.unfinished(), time.time())
+        recovered = self.core.recover(
+            self.journal.unfinished(),
+            time.time(),
+            hold_forwarded=bool(config.peers) or config.discovery,
+        )
         self._execute([e for e in recovered if not isinstance(e, Forward)])  # Forward: below
         self._apply_retention(time.time())
         if self.core.queue:
             log.info("resuming %d unfinished task(s) from the journal", len(self.core.queue))
+        if self.core.held:
+            log.info(
+                "holding %d forwarded task(s) from the journal until their origin asks again",
+                len(self.core.held),
+            )
 
         spec = BackendSpec(
             model=config.model,

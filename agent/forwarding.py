@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from dedgeai.agent import protocol as p
-from dedgeai.agent.core import AgentCore, Effect
+from dedgeai.agent.core import AgentCore, CancelRemote, Effect
 from dedgeai.agent.errors import ErrorCode
 from dedgeai.agent.protocol import Reply, TaskId
 from dedgeai.agent.results import ResultStore
@@ -177,6 +177,8 @@ class Forwarding:
         self.outstanding.pop(task.id, None)
         slot = task.placement.get("target")
         log.warning("task %s: reclaimed from slot %s (%s)", task.id, slot, why)
+        # Best effort: tell the old target to drop it (a restarted one holds it until asked).
+        cancel: list[Effect] = [CancelRemote(task)]
         task = apply(task, Reclaimed(why))
         avoid = sorted({*task.placement.get("avoid", []), slot})
         local = int(task.placement.get("redispatches", 0)) >= MAX_REDISPATCHES
@@ -184,8 +186,8 @@ class Forwarding:
         task = self.core.tasks[task.id] = replace(task, placement=placement)
         self.core.counters["reclaimed"] += 1
         if task.cancel_requested:  # nothing left to cancel remotely: end it here
-            return self.core.finish(apply(task, CancelRequested(now)))
-        return self.core.dispatch(task, now)
+            return cancel + self.core.finish(apply(task, CancelRequested(now)))
+        return cancel + self.core.dispatch(task, now)
 
     def reclaim_slot(self, slot: int, why: str, now: float) -> list[Effect]:
         """Every unfinished task forwarded to ``slot`` (it went down)."""

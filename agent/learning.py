@@ -42,6 +42,8 @@ class SchedulerHost:
         train_steps_per_s: float = 2.0,
         learn_warmup: int = 300,
         seed: int = 0,
+        policy_actions: str = "argmax",
+        explore_epsilon: float = 0.05,
     ) -> None:
         from dedgeai.scheduler.online import LEARNED, ClusterScheduler
 
@@ -72,6 +74,8 @@ class SchedulerHost:
             "seed": seed,
             "learn": self.learn,
             "learn_config": self._learn_config(learn_warmup),
+            "deterministic": policy_actions == "argmax",
+            "explore_epsilon": explore_epsilon if policy_actions == "argmax" else 0.0,
         }
         self.scheduler: Any = None
         source = self.save_path if self.save_path.exists() else None

@@ -105,7 +105,12 @@ class ClusterScheduler:
         learn: bool = False,
         switches: Switches | None = None,
         learn_config: LearnConfig | None = None,
+        deterministic: bool = False,
+        explore_epsilon: float = 0.0,
     ) -> None:
+        """``deterministic``: a learned policy takes the most likely action (argmax of π,
+        masked) instead of sampling it, and a uniformly drawn live server with probability
+        ``explore_epsilon`` (deployment; the default samples, as in training)."""
         if policy not in POLICIES:
             raise ConfigurationError(
                 f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}"
@@ -118,6 +123,9 @@ class ClusterScheduler:
         self._interval_index = 0
         self._learned: OnlinePolicy | None = None
         self._learn = learn and policy in LEARNED
+        if not 0.0 <= explore_epsilon <= 1.0:
+            raise ConfigurationError(f"explore_epsilon {explore_epsilon} outside [0, 1]")
+        self.deterministic, self.explore_epsilon = deterministic, explore_epsilon
         if policy in LEARNED and n_servers >= 2:
             switches = switches or Switches()
             env = EnvConfig(n_servers=n_servers)
@@ -220,12 +228,20 @@ class ClusterScheduler:
         self._interval_index += 1
         ids = [task_id] if (task_id is not None and self._learn) else None
         decision = self._learned.decide(
-            self._states(task, cluster), mask=cluster.available, task_index=index, task_ids=ids
+            self._states(task, cluster),
+            mask=cluster.available,
+            task_index=index,
+            task_ids=ids,
+            greedy=self.deterministic,
+            explore_epsilon=self.explore_epsilon,
         )
         target = int(decision.actions[0])
         probs = decision.probs[0]
+        how = ""
+        if self.deterministic:
+            how = "argmax " if probs[target] >= probs.max() else "explore "
         return Placement(
-            target, probs, self.policy, f"p={probs[target]:.2f} (max {probs.max():.2f})"
+            target, probs, self.policy, f"{how}p={probs[target]:.2f} (max {probs.max():.2f})"
         )
 
     def complete(self, task_id: str, delay_s: float) -> bool:

@@ -111,6 +111,8 @@ class OnlinePolicy:
         self._pending: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._last_decided: list[str] = []
         self.trained_steps = 0
+        # Deployment exploration draws from its own stream: sampling mode is left untouched.
+        self._explore_rng = np.random.default_rng([seed, 0x5EED])
 
     # ---- state --------------------------------------------------------------------------------
     def build_states(
@@ -149,11 +151,18 @@ class OnlinePolicy:
         mask: np.ndarray | None = None,
         task_index: np.ndarray | None = None,
         task_ids: list[str] | None = None,
+        greedy: bool = False,
+        explore_epsilon: float = 0.0,
     ) -> Decision:
         """Choose a server for each of K tasks (states [K, sd] or [sd]); masked servers never.
 
         ``task_index`` is each task's index n within the current interval (it selects X_b[n]);
         ``task_ids`` records pending transitions to be completed by :meth:`complete`.
+
+        By default the action is sampled from π (the simulator's training behaviour). With
+        ``greedy`` (deployment) it is the most likely allowed action, argmax of π (DQN: of Q),
+        except that with probability ``explore_epsilon`` a uniformly drawn allowed server is
+        taken instead, so online learning still sees other actions.
         """
         s = torch.as_tensor(np.atleast_2d(states), dtype=torch.float32)
         K, B = s.shape[0], self.env.n_servers
@@ -178,6 +187,9 @@ class OnlinePolicy:
         actions, x0 = learner._decide(s[None], x_in, allowed[None])
         with torch.no_grad():
             if isinstance(learner, DQNTS):
+                if greedy:
+                    scores = learner.q_values(s[None], allowed[None])[0]
+                    actions = self._greedy(scores, allowed, explore_epsilon)[None]
                 probs = torch.nn.functional.one_hot(actions[0], B).float()
             else:
                 probs = (
@@ -185,11 +197,30 @@ class OnlinePolicy:
                     if x0 is not None
                     else learner.probs(s[None], allowed[None])[0]
                 )
+                if greedy:
+                    actions = self._greedy(probs, allowed, explore_epsilon)[None]
         if rows is not None and x0 is not None:
             rows[0, index] = latent_to_memory(x0[0], self.switches.memory_pre_softmax)
         if task_ids is not None:
             self._record(task_ids, s, actions[0], x_in[0] if x_in is not None else None)
         return Decision(actions[0].numpy().copy(), probs.numpy().copy())
+
+    def _greedy(
+        self, scores: torch.Tensor, allowed: torch.Tensor, explore_epsilon: float
+    ) -> torch.Tensor:
+        """Argmax of ``scores`` [K, B] over allowed servers; ε of the time a uniform allowed one."""
+        best = torch.where(allowed, scores, torch.full_like(scores, -torch.inf)).argmax(-1)
+        if explore_epsilon <= 0.0:
+            return best
+        K = scores.shape[0]
+        explore = torch.as_tensor(self._explore_rng.random(K) < explore_epsilon)
+        if not bool(explore.any()):
+            return best
+        weights = allowed.double().numpy()
+        uniform = torch.as_tensor(
+            [int(self._explore_rng.choice(w.size, p=w / w.sum())) for w in weights]
+        )
+        return torch.where(explore, uniform, best)
 
     # ---- delayed rewards ----------------------------------------------------------------------
     def _record(

@@ -100,3 +100,67 @@ def test_restarted_peer_resumes_a_forwarded_task_and_returns_it_once(agent_facto
     with a.client() as client:
         rows = [r for r in client.tasks() if r["task"] == task]
     assert len(rows) == 1 and rows[0]["state"] == "done"
+
+
+def test_task_reclaimed_by_its_origin_is_not_run_again_by_the_restarted_target(agent_factory):
+    """Issue 5: the origin marked the killed target down and ran the task elsewhere; the
+    restarted target finds the task in its journal but holds it until its origin asks for it
+    again, which this origin never does: the task is dropped there, never started twice."""
+    ends = [f"tcp://127.0.0.1:{port}" for port in free_ports(2)]
+    a = agent_factory(
+        "a", endpoint=ends[0], peers=ends, policy="round-robin", gossip_interval_s=0.2
+    )
+    b = agent_factory(
+        "b",
+        endpoint=ends[1],
+        peers=ends,
+        policy="round-robin",
+        gossip_interval_s=0.2,
+        emulated_steps_per_second=5.0,
+    )
+    for agent in (a, b):
+        agent.env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda x: x.start(), (a, b)))
+    for agent in (a, b):
+        wait_for(lambda agent=agent: set(peer_states(agent).values()) == {"up"}, 30.0, "peers up")
+    wait_for(
+        lambda: all(s.get("capacity_steps_per_s") for s in cluster_view(a)["servers"]),
+        30.0,
+        "a knows b's capacity",
+    )
+    node_a = _node(a)
+    with a.client() as client:  # round-robin starts here; the next task goes to the peer
+        client.generate(GenerationRequest(prompt="q", steps=1, width=256, height=256))
+    slow = GenerationRequest(prompt="forwarded, then reclaimed", steps=20, width=512, height=512)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(a.endpoint)
+    try:
+        task = p.new_task_id()
+        sock.send(p.encode(p.envelope("submit", "s1", **p.request_to_wire(slow), task=task)))
+        accepted = p.parse_reply(sock.recv_multipart())
+        assert accepted.type == "accepted" and accepted.get("forwarded_to") is not None
+        with b.client() as client:
+            wait_for(lambda: (client.result(task).get("step") or 0) >= 1, 20.0, "b running it")
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGKILL)
+        b.proc.wait(10)
+        wait_for(lambda: cluster_view(a)["forwarding"]["reclaimed"] >= 1, 20.0, "a reclaims it")
+        b.start()  # same port, same state directory: the task is in its journal
+        dones = _dones(sock, task, timeout_s=40.0, linger_s=1.0)
+    finally:
+        sock.close(0)
+    assert len(dones) == 1, [d.fields for d in dones]
+    assert dones[0].get("ran_on")["node"] == node_a
+    assert dones[0].get("placement").get("redispatches") == 1
+
+    def b_row() -> dict[str, Any]:
+        with b.client() as client:
+            return next(r for r in client.tasks() if r["task"] == task)
+
+    wait_for(lambda: b_row()["state"] != "queued", 20.0, "b drops the reclaimed task")
+    row = b_row()
+    assert row["state"] == "cancelled", row
+    assert row["attempts"] == 1, row  # started once before the kill, never again
+    assert "did not ask for it again" in b.log() or "cancel" in (row.get("error") or "")
