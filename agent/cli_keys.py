@@ -19,15 +19,15 @@ from rich.text import Text
 
 from dedgeai.agent.cli_agent import ConfigOpt, JsonOpt, exit_on_errors
 from dedgeai.agent.config import load_config
-from dedgeai.agent.security import (
+from dedgeai.agent.keys import (
     AUTHORIZED_DIR,
-    SecurityConfig,
     authorize,
     authorized_keys,
     fingerprint,
     generate_keypair,
     load_keypair,
 )
+from dedgeai.agent.security import SecurityConfig
 
 out = Console()
 

@@ -20,12 +20,12 @@ from rich.table import Table
 
 from dedgeai.agent.exit_codes import ExitCode
 from dedgeai.agent.sim_output import MetricsWriter, plot_learning, write_summary
+from dedgeai.scheduler.checkpoints import load_trained, save_trained
 from dedgeai.scheduler.config import PRESETS, Preset, Switches, get_preset
 from dedgeai.scheduler.env import state_dim
 from dedgeai.scheduler.errors import SchedulerError
 from dedgeai.scheduler.heuristics import Scheduler
 from dedgeai.scheduler.learner import SlotLearner
-from dedgeai.scheduler.policy import load_trained, save_trained
 from dedgeai.scheduler.report import summarize
 from dedgeai.scheduler.simulate import LEARNERS, METHOD_TITLES, METHODS, EpisodeStats, train
 

@@ -12,6 +12,7 @@ forwarded to it, which it resumes from its journal.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
@@ -34,11 +35,11 @@ from dedgeai.agent.gossip import (
     read_peer_reply,
     version_refusal,
 )
+from dedgeai.agent.keys import fingerprint
 from dedgeai.agent.learning import SchedulerHost
 from dedgeai.agent.peer_security import NEXT, OK, REFUSED, PeerSecurity, split_peer
 from dedgeai.agent.peers import Heard, Peer, PeerState, PeerTable, Refused, VersionMismatch
 from dedgeai.agent.results import ResultStore
-from dedgeai.agent.security import fingerprint
 from dedgeai.agent.tasks import TaskRecord, TaskState
 
 log = logging.getLogger("dedgeai.agent.cluster")
@@ -49,6 +50,11 @@ REQUEST_OVERHEAD_BYTES = 200  # envelope and fields of a forwarded submit, beyon
 DECISION_SAMPLES = 4096  # scheduling latencies kept for the status percentiles
 QUIET_INTERVALS = 3  # a forwarded task silent this many gossip intervals is asked again
 HOLD_INTERVALS = 10  # a resumed forwarded task its origin (up) has not asked for is dropped
+
+
+def node_seed(node: str) -> int:
+    """A seed of this agent's own: agents that explore in step would pile onto one peer."""
+    return int.from_bytes(hashlib.sha256(node.encode()).digest()[:8], "little")
 
 
 def equivalent_steps(steps: int, width: int, height: int) -> float:
@@ -104,6 +110,8 @@ class Cluster:
             config.learn_warmup,
             policy_actions=config.policy_actions,
             explore_epsilon=config.explore_epsilon,
+            capacities=self.known_capacities,
+            seed=node_seed(core.node),
         )
         self.unused: dict[str, dict[str, Any]] = {}  # found by mDNS, not used: why
         self.discovery: Discovery | None = None
@@ -160,6 +168,28 @@ class Cluster:
     def _capacity(self) -> float | None:
         profile = self.core.profile
         return profile.at(512, 512) if profile is not None else None
+
+    def known_capacities(self) -> np.ndarray | None:
+        """Every slot's speed (steps/s) once this agent and each configured peer reported
+        one; spare slots (mDNS) take the median. None until then. Called from the policy's
+        training thread: it only reads (the table's values are replaced, never mutated)."""
+        own = self._capacity()
+        if not own:
+            return None
+        speeds = np.full(self.n_slots, np.nan)
+        speeds[self.self_index] = own
+        try:
+            peers = list(self.table.by_slot.values())
+        except RuntimeError:  # a slot was added meanwhile (mDNS): ask again later
+            return None
+        for peer in peers:
+            rate = peer.info.get("capacity_steps_per_s")
+            if rate:
+                speeds[peer.slot] = float(rate)
+            elif not peer.discovered:
+                return None
+        speeds[np.isnan(speeds)] = float(np.nanmedian(speeds))
+        return speeds
 
     def body(self, now: float) -> dict[str, Any]:
         backlog, load = self._own_work()

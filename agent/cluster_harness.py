@@ -205,20 +205,20 @@ class LocalCluster:
     # --- keys and configs -------------------------------------------------------------
 
     def _generate_keys(self) -> None:
-        from dedgeai.agent import security
+        from dedgeai.agent import keys
 
         keys_root = self.root / "keys"  # type: ignore[operator]
         client_dir = keys_root / CLIENT_KEY_NAME
-        self._client_keys = security.generate_keypair(client_dir, force=True)
-        pairs = [security.generate_keypair(keys_root / a.name, force=True) for a in self.agents]
+        self._client_keys = keys.generate_keypair(client_dir, force=True)
+        pairs = [keys.generate_keypair(keys_root / a.name, force=True) for a in self.agents]
         for agent, pair in zip(self.agents, pairs, strict=True):
             agent.server_key = pair.public
-            authorized = keys_root / agent.name / security.AUTHORIZED_DIR
+            authorized = keys_root / agent.name / keys.AUTHORIZED_DIR
             shutil.rmtree(authorized, ignore_errors=True)
-            security.authorize(authorized, self._client_keys.public_path, CLIENT_KEY_NAME)
+            keys.authorize(authorized, self._client_keys.public_path, CLIENT_KEY_NAME)
             for other, other_pair in zip(self.agents, pairs, strict=True):
                 if other is not agent:
-                    security.authorize(authorized, other_pair.public_path, other.name)
+                    keys.authorize(authorized, other_pair.public_path, other.name)
 
     def _config_for(self, agent: LocalAgent) -> dict[str, Any]:
         values: dict[str, Any] = {

@@ -227,7 +227,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "explore_epsilon",
         float,
-        0.05,
+        0.02,
         "with policy_actions = argmax, the share of decisions sent to a uniformly drawn live "
         "server instead, so online learning still sees other actions; 0: never",
         lambda value: None if 0.0 <= value <= 1.0 else "must be between 0 and 1",
@@ -302,7 +302,7 @@ class AgentConfig:
     learn: bool = True
     policy_checkpoint: str = ""
     policy_actions: str = "argmax"
-    explore_epsilon: float = 0.05
+    explore_epsilon: float = 0.02
     train_steps_per_s: float = 2.0
     learn_warmup: int = 300
     gossip_interval_s: float = 1.0

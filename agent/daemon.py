@@ -8,18 +8,17 @@ never lets a client message raise out of the loop: anything unexpected becomes a
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
 import uuid
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import zmq
 
 from dedgeai.agent import protocol as p
+from dedgeai.agent.agent_status import package_version, status_body
 from dedgeai.agent.cluster import Cluster
 from dedgeai.agent.config import AgentConfig
 from dedgeai.agent.core import (
@@ -33,14 +32,15 @@ from dedgeai.agent.core import (
     Send,
     StartJob,
 )
+from dedgeai.agent.disk_store import DiskStore
 from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError, SecurityError
 from dedgeai.agent.journal import Journal
+from dedgeai.agent.keys import load_keypair
 from dedgeai.agent.metrics import AgentMetrics
 from dedgeai.agent.peer_security import PeerSecurity
 from dedgeai.agent.results import ResultStore
-from dedgeai.agent.security import SecurityConfig, curve_required, load_keypair, server_security
+from dedgeai.agent.security import SecurityConfig, curve_required, server_security
 from dedgeai.agent.service import Notifier, StopFlag
-from dedgeai.agent.tasks import TaskRecord
 from dedgeai.agent.telemetry import TelemetrySampler
 from dedgeai.agent.worker import ProfileReady, Worker
 from dedgeai.models.factory import BackendSpec, create_backend
@@ -53,37 +53,6 @@ METRICS_REFRESH_S = 1.0
 RETENTION_EVERY_S = 60.0
 SOCKET_HWM = 10_000  # per peer; beyond it ROUTER drops (clients re-poll with `result`)
 CLOSE_LINGER_MS = 500  # let the last replies leave on shutdown
-
-
-class DiskStore:
-    """The core's view of finished tasks: the journal plus the results directory."""
-
-    def __init__(self, journal: Journal, results: ResultStore) -> None:
-        self.journal, self.results = journal, results
-
-    def finished(self, task: str) -> TaskRecord | None:
-        record = self.journal.get(task)
-        return record if record is not None and record.state.finished else None
-
-    def png(self, task: str) -> bytes | None:
-        return self.results.png(task)
-
-    def result_meta(self, task: str) -> dict[str, Any] | None:
-        return self.results.meta(task)
-
-    def recent(self, limit: int, state: str | None) -> list[TaskRecord]:
-        return self.journal.recent(limit, state)
-
-    def take_seq(self) -> int:
-        return self.journal.take_seq()
-
-
-@functools.cache
-def _version() -> str:
-    try:
-        return metadata.version("dedgeai")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class AgentDaemon:
@@ -168,7 +137,11 @@ class AgentDaemon:
             raise
         # Tasks this agent had forwarded before a crash: ask their peers again, now that the
         # peer links exist (idempotent by task id; the result streams back on the new link).
-        self._execute([e for e in recovered if isinstance(e, Forward)])
+        resumed = [e for e in recovered if isinstance(e, Forward)]
+        for effect in resumed:
+            if self.cluster is not None:
+                self.cluster.forwarding.resumed(effect.task, time.time())
+        self._execute(resumed)
         self.wake = self.context.socket(zmq.PULL)
         wake_endpoint = f"inproc://worker-wake-{uuid.uuid4().hex}"
         self.wake.bind(wake_endpoint)
@@ -211,8 +184,8 @@ class AgentDaemon:
             "model": self.config.model,
             "emulated": bool(self.backend.emulated),
             "plan": str(self._plan.get("text", "")),
-            "telemetry": self._telemetry_dict() if hasattr(self, "telemetry") else {},
-            "version": _version(),
+            "telemetry": self.telemetry_dict() if hasattr(self, "telemetry") else {},
+            "version": package_version(),
             "started_at": self.started_at,  # a new value tells peers this agent restarted
         }
 
@@ -362,53 +335,14 @@ class AgentDaemon:
 
     # --- status --------------------------------------------------------------------
 
-    def _telemetry_dict(self) -> dict[str, Any]:
+    def telemetry_dict(self) -> dict[str, Any]:
         snapshot = self.telemetry.latest  # converted once per sample, not once per request
         if self._telemetry_cache[0] is not snapshot:
             self._telemetry_cache = (snapshot, snapshot.as_dict())
         return self._telemetry_cache[1]
 
     def status_body(self, now: float) -> dict[str, Any]:
-        core = self.core
-        backlog_steps, backlog_s = core.backlog()
-        running = core.tasks.get(core.running) if core.running else None
-        profile = core.profile
-        return {
-            "agent": {
-                "node": core.node,
-                "name": self.config.display_name,
-                "endpoint": self.endpoint,
-                "protocol": p.PROTOCOL_VERSION,
-                "version": _version(),
-                "pid": os.getpid(),
-                "uptime_s": now - self.started_at,
-                "accepting": core.accepting,
-                "curve": self.authenticator is not None,
-                "public_key": self.public_key,
-            },
-            "backend": {
-                "name": self.backend.name,
-                "model": self.config.model,
-                "emulated": bool(self.backend.emulated),
-                "plan": self._plan,
-            },
-            "telemetry": self._telemetry_dict(),
-            "queue": {
-                "queued": len(core.queue),
-                "max_queue": core.max_queue,
-                "running": running.id if running else None,
-                "running_step": running.step if running else None,
-                "running_steps": running.request.steps if running else None,
-                "backlog_steps": backlog_steps,
-                "backlog_s": backlog_s,
-            },
-            "capacity": {
-                "steps_per_second": profile.steps_per_second if profile else None,
-                **self._profile_state,
-            },
-            "counters": dict(core.counters),
-            "cluster": self.cluster.status(now) if self.cluster is not None else None,
-        }
+        return status_body(self, now)
 
     # --- shutdown ------------------------------------------------------------------
 

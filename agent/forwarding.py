@@ -102,7 +102,20 @@ class Forwarding:
     def sent(self, task: TaskRecord, now: float) -> None:
         """The daemon handed the forward to the peer's socket."""
         slot = int(task.placement["target"])
-        self.outstanding[task.id] = Outstanding(slot, now, heard_at=now)
+        track = self.outstanding.get(task.id)
+        acked = track is not None and track.acked and track.slot == slot
+        self.outstanding[task.id] = Outstanding(slot, now, acked=acked, heard_at=now)
+
+    def resumed(self, task: TaskRecord, now: float) -> None:
+        """A task found ``forwarded`` in the journal at start: the peer may have it.
+
+        It is treated as acknowledged, so an unconnected link (the usual case right after a
+        restart) does not reclaim it: it is asked for again until the peer answers, and
+        reclaimed only when the peer is marked down, refuses it, or does not know it. Running
+        it here at once would run it twice whenever the peer already had it.
+        """
+        slot = int(task.placement["target"])
+        self.outstanding[task.id] = Outstanding(slot, now, acked=True, heard_at=now)
 
     def _current(self, task_id: TaskId, slot: int) -> TaskRecord | None:
         task = self.core.tasks.get(task_id)
@@ -212,6 +225,7 @@ class Forwarding:
                 continue
             track = self.outstanding.get(task.id)
             if track is None:  # recovered from the journal at start: ask its peer again
+                self.resumed(task, now)
                 again.append(task)
                 continue
             if not track.acked and now - track.sent_at > self.ack_timeout_s:

@@ -16,16 +16,22 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dedgeai.agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("dedgeai.agent.learning")
 
 SAVE_EVERY_S = 30.0  # checkpoint the learned policy at most this often (and at stop)
 MAX_QUEUED_REWARDS = 10_000
 IDLE_WAIT_S = 0.5  # the training thread's nap when it has nothing to learn from
+CAPACITY_WAIT_S = 15.0  # a fresh actor's warm start waits this long for every peer's speed
+CapacityProbe = Callable[[], "np.ndarray | None"]
 
 
 class SchedulerHost:
@@ -43,8 +49,11 @@ class SchedulerHost:
         learn_warmup: int = 300,
         seed: int = 0,
         policy_actions: str = "argmax",
-        explore_epsilon: float = 0.05,
+        explore_epsilon: float = 0.02,
+        capacities: CapacityProbe | None = None,
     ) -> None:
+        """``capacities``: every server's measured speed once known (None until then); a
+        fresh learned actor waits up to ``CAPACITY_WAIT_S`` for it before its warm start."""
         from dedgeai.scheduler.online import LEARNED, ClusterScheduler
 
         self.policy, self.n_servers, self.self_index = policy, n_servers, self_index
@@ -56,6 +65,7 @@ class SchedulerHost:
             maxlen=MAX_QUEUED_REWARDS
         )
         self.fallback = ClusterScheduler("greedy", n_servers, self_index, seed=seed)
+        self.capacities = capacities
         self.stats: dict[str, Any] = {
             "trained_steps": 0,
             "rewards": 0,
@@ -64,6 +74,7 @@ class SchedulerHost:
             "checkpoint": None,
             "loaded_from": None,
             "ready": False,
+            "warm_start": None,
         }
         self._pending_interval = False
         self._stop = threading.Event()
@@ -95,12 +106,12 @@ class SchedulerHost:
         defaults = LearnConfig()
         return LearnConfig(warmup=warmup, batch_size=min(defaults.batch_size, max(1, warmup)))
 
-    def _build(self, checkpoint: Path | None) -> Any:
+    def _build(self, checkpoint: Path | None, capacities: Any = None) -> Any:
         from dedgeai.scheduler.errors import SchedulerError
         from dedgeai.scheduler.online import ClusterScheduler
 
         try:
-            return ClusterScheduler(**self._kwargs, checkpoint=checkpoint)
+            return ClusterScheduler(**self._kwargs, checkpoint=checkpoint, capacities=capacities)
         except SchedulerError as exc:
             hint = f"; delete {self.save_path} to start afresh" if checkpoint else ""
             raise ConfigError(
@@ -142,9 +153,15 @@ class SchedulerHost:
 
     def _run(self) -> None:
         if self.scheduler is None:
+            capacities = self._wait_for_capacities()
+            self.stats["warm_start"] = (
+                "greedy on measured capacities"
+                if capacities is not None
+                else "greedy on the paper's capacity spread (peer speeds not known in time)"
+            )
             started = time.monotonic()
             try:
-                built = self._build(None)
+                built = self._build(None, capacities)
             except ConfigError:
                 log.exception("the %s policy could not be built; greedy decides", self.policy)
                 return
@@ -161,6 +178,16 @@ class SchedulerHost:
                 last_save = time.monotonic()
             pause = self.train_period_s if trained else IDLE_WAIT_S
             self._stop.wait(max(0.0, pause - (time.monotonic() - started)))
+
+    def _wait_for_capacities(self) -> Any:
+        """Every server's speed (steps/s) once telemetry has it; None after the wait."""
+        deadline = time.monotonic() + CAPACITY_WAIT_S
+        while self.capacities is not None and not self._stop.is_set():
+            known = self.capacities()
+            if known is not None or time.monotonic() >= deadline:
+                return known
+            self._stop.wait(0.2)
+        return None
 
     def _train_once(self) -> bool:
         """Hand over queued rewards, then one training step; True when a step ran."""

@@ -29,16 +29,8 @@ import zmq
 
 from dedgeai.agent.config import AgentConfig, is_local_endpoint
 from dedgeai.agent.errors import ConfigError
-from dedgeai.agent.security import (
-    NO_DETAIL_LIMIT,
-    KeyPair,
-    SecurityConfig,
-    authorized_keys,
-    client_security,
-    fingerprint,
-    load_keypair,
-    load_public_key,
-)
+from dedgeai.agent.keys import KeyPair, authorized_keys, fingerprint, load_keypair, load_public_key
+from dedgeai.agent.security import NO_DETAIL_LIMIT, SecurityConfig, client_security
 
 log = logging.getLogger("dedgeai.agent.peer_security")
 

@@ -23,6 +23,8 @@ from dedgeai.agent.errors import ConfigError, DedgeaiError, JournalError
 from dedgeai.agent.exit_codes import ExitCode
 from dedgeai.models.errors import ModelError
 
+GIL_SWITCH_INTERVAL_S = 0.0005  # Python's default is 0.005
+
 _SYSLOG_PRIORITY = {
     logging.DEBUG: 7,
     logging.INFO: 6,
@@ -114,6 +116,9 @@ def run_agent(config: AgentConfig, stop: StopFlag | None = None) -> int:
 
     setup_logging(config.log_level)
     log = logging.getLogger("dedgeai.agent")
+    # The loop thread decides where tasks run; a background thread (training, telemetry,
+    # the worker's Python) otherwise keeps the GIL up to 5 ms before handing it over.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     stop = stop or StopFlag().install()
     notifier = Notifier()
     started = time.monotonic()

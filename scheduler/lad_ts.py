@@ -113,16 +113,29 @@ class LADTS(SlotLearner):
             self.generator,
         )
 
-    def latent(self, s: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        """x_0 for states s [A, M, sd], started from x (LAD) or from noise (D2SAC)."""
+    def latent(
+        self, s: torch.Tensor, x: torch.Tensor | None, noiseless: bool = False
+    ) -> torch.Tensor:
+        """x_0 for states s [A, M, sd], started from x (LAD) or from noise (D2SAC).
+
+        ``noiseless``: every z of Eqn. (10) is 0, the chain's mean path (deployment's argmax
+        and its warm start; training and the simulator always sample).
+        """
         if self.noise_start or x is None:
             x = torch.randn((*s.shape[:-1], self.n_actions), generator=self.generator)
-        return self.actor.chain(s, x, self.generator)
+        noise = None
+        if noiseless:
+            noise = torch.zeros((self.actor.schedule.n_steps - 1, *x.shape))
+        return self.actor.chain(s, x, self.generator, noise)
 
     def probs(
-        self, s: torch.Tensor, x: torch.Tensor | None, mask: torch.Tensor | None = None
+        self,
+        s: torch.Tensor,
+        x: torch.Tensor | None,
+        mask: torch.Tensor | None = None,
+        noiseless: bool = False,
     ) -> torch.Tensor:
-        return masked_probs(self.latent(s, x), mask)  # π(·|s, x_I) = softmax(x_0)
+        return masked_probs(self.latent(s, x, noiseless), mask)  # π(·|s, x_I) = softmax(x_0)
 
     def _decide(
         self, states: torch.Tensor, x_in: torch.Tensor | None, mask: torch.Tensor | None

@@ -12,15 +12,21 @@
 
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 
+from dedgeai.scheduler.checkpoints import (
+    CHECKPOINT_FORMAT,
+    StateLayout,
+    config_from_dict,
+    load_checkpoint,
+    save_checkpoint,
+    select_agent,
+)
 from dedgeai.scheduler.config import EnvConfig, LearnConfig, Switches
 from dedgeai.scheduler.dqn_ts import DQNTS
 from dedgeai.scheduler.dsac import SACTS, masked_probs
@@ -28,55 +34,21 @@ from dedgeai.scheduler.env import STATE_SCALE_S, state_dim
 from dedgeai.scheduler.errors import CheckpointError, ConfigurationError
 from dedgeai.scheduler.lad_ts import D2SACTS, LADTS
 from dedgeai.scheduler.learner import SlotLearner, latent_to_memory
+from dedgeai.scheduler.numpy_actor import NumpyActor, latent_to_memory_np, softmax
 
-CHECKPOINT_FORMAT = "dedgeai-policy/1"
 POLICY_CLASSES: dict[str, type[SlotLearner]] = {
     "lad": LADTS,
     "d2sac": D2SACTS,
     "sac": SACTS,
     "dqn": DQNTS,
 }
-T = TypeVar("T")
 MAX_PENDING = 10_000  # transitions waiting for a reward; the oldest are dropped beyond this
-
-
-@dataclass(frozen=True)
-class StateLayout:
-    """What a state vector means; a checkpoint only fits a policy with the same layout."""
-
-    n_servers: int
-    state_dim: int
-    inslot_load_in_state: bool
-    state_scaling: bool
 
 
 @dataclass(frozen=True)
 class Decision:
     actions: np.ndarray  # [K] target server per task
     probs: np.ndarray  # [K, B] the policy's action probabilities (DQN: one-hot of greedy)
-
-
-def _from_dict(cls: type[T], data: dict[str, object]) -> T:
-    known = {f.name for f in fields(cls)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
-    return cls(**values)
-
-
-def select_agent(
-    state: dict[str, torch.Tensor], agent: int, n_agents: int, per_slot_memory: bool
-) -> dict[str, torch.Tensor]:
-    """Slice one agent out of agent-stacked tensors (critics are stacked as 2A: both copies)."""
-    out = {}
-    for key, value in state.items():
-        if key == "memory":
-            out[key] = value[:, agent : agent + 1] if per_slot_memory else value[agent : agent + 1]
-        elif key.startswith(("sac.critics.", "sac.targets.")):
-            out[key] = value[[agent, n_agents + agent]]
-        elif value.dim() > 0 and value.shape[0] == n_agents:
-            out[key] = value[agent : agent + 1]
-        else:
-            out[key] = value
-    return out
 
 
 class OnlinePolicy:
@@ -108,11 +80,17 @@ class OnlinePolicy:
             self.switches.inslot_load_in_state,
             self.switches.state_scaling,
         )
-        self._pending: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._pending: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._complete: deque[dict[str, np.ndarray]] = deque()  # transitions awaiting the buffer
         self._last_decided: list[str] = []
         self.trained_steps = 0
         # Deployment exploration draws from its own stream: sampling mode is left untouched.
-        self._explore_rng = np.random.default_rng([seed, 0x5EED])
+        self._explore_rng = np.random.default_rng([seed, agent, 0x5EED])
+        # One-task argmax decisions (the daemon's) run on NumPy views of the same parameters.
+        memory = self.learner._memory_rows(0)
+        # X_b[n] of this agent as a NumPy view (shared storage): [max_tasks, B].
+        self._memory_view = memory[0].numpy() if memory is not None else None
+        self._numpy_actor = NumpyActor(self.learner, np.random.default_rng([seed, agent, 0xC4A1]))
 
     # ---- state --------------------------------------------------------------------------------
     def build_states(
@@ -124,6 +102,10 @@ class OnlinePolicy:
         capacity_ghz: np.ndarray,
     ) -> np.ndarray:
         """States [K, state_dim] from telemetry, in the layout this policy was trained with."""
+        if np.size(task_mbit) == 1 and self.switches.state_scaling:
+            return self._one_state(
+                task_mbit, demand_gcycles, backlog_gcycles, load_gcycles, capacity_ghz
+            )
         task_mbit = np.atleast_1d(np.asarray(task_mbit, dtype=np.float64))
         demand = np.atleast_1d(np.asarray(demand_gcycles, dtype=np.float64))
         if self.switches.state_scaling:
@@ -143,6 +125,25 @@ class OnlinePolicy:
         return np.concatenate(
             [np.stack(per_task, axis=1), np.broadcast_to(shared_row, (k, shared_row.size))], axis=1
         ).astype(np.float32)
+
+    def _one_state(
+        self,
+        task_mbit: np.ndarray,
+        demand_gcycles: np.ndarray,
+        backlog_gcycles: np.ndarray,
+        load_gcycles: np.ndarray,
+        capacity_ghz: np.ndarray,
+    ) -> np.ndarray:
+        """``build_states`` for one task with scaling (the daemon's case), in few NumPy calls."""
+        B = self.env.n_servers
+        out = np.empty((1, self.layout.state_dim), dtype=np.float32)
+        out[0, 0] = float(np.asarray(task_mbit).reshape(-1)[0]) / 5.0
+        out[0, 1] = float(np.asarray(demand_gcycles).reshape(-1)[0]) / 4.0
+        seconds = np.asarray(capacity_ghz, dtype=np.float64) * STATE_SCALE_S
+        out[0, 2 : 2 + B] = backlog_gcycles / seconds
+        if self.switches.inslot_load_in_state:
+            out[0, 2 + B :] = load_gcycles / seconds
+        return out
 
     # ---- decisions ----------------------------------------------------------------------------
     def decide(
@@ -164,12 +165,15 @@ class OnlinePolicy:
         except that with probability ``explore_epsilon`` a uniformly drawn allowed server is
         taken instead, so online learning still sees other actions.
         """
-        s = torch.as_tensor(np.atleast_2d(states), dtype=torch.float32)
-        K, B = s.shape[0], self.env.n_servers
-        if s.shape[1] != self.layout.state_dim:
+        states = np.atleast_2d(np.asarray(states, dtype=np.float32))
+        K, B = states.shape[0], self.env.n_servers
+        if states.shape[1] != self.layout.state_dim:
             raise ConfigurationError(
-                f"state has {s.shape[1]} features; this policy expects {self.layout.state_dim}"
+                f"state has {states.shape[1]} features; this policy expects {self.layout.state_dim}"
             )
+        if greedy and K == 1:
+            return self._decide_one(states[0], mask, task_index, task_ids, explore_epsilon)
+        s = torch.from_numpy(states)
         allowed = (
             torch.ones(K, B, dtype=torch.bool)
             if mask is None
@@ -202,8 +206,49 @@ class OnlinePolicy:
         if rows is not None and x0 is not None:
             rows[0, index] = latent_to_memory(x0[0], self.switches.memory_pre_softmax)
         if task_ids is not None:
-            self._record(task_ids, s, actions[0], x_in[0] if x_in is not None else None)
+            x = x_in[0].numpy() if x_in is not None else None
+            self._record(task_ids, states, actions[0].numpy(), x)
         return Decision(actions[0].numpy().copy(), probs.numpy().copy())
+
+    def _decide_one(
+        self,
+        state: np.ndarray,
+        mask: np.ndarray | None,
+        task_index: np.ndarray | None,
+        task_ids: list[str] | None,
+        explore_epsilon: float,
+    ) -> Decision:
+        """``decide(greedy=True)`` for one task, in NumPy: the same networks, a fraction of
+        the time (numpy_actor.py). The chain's noise comes from NumPy's generator."""
+        B = self.env.n_servers
+        allowed = np.ones(B, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if allowed.shape != (B,) or not allowed.any():
+            raise ConfigurationError("every server is masked for some task: nothing can run it")
+        index = 0 if task_index is None else int(np.asarray(task_index).reshape(-1)[0])
+        index %= self.env.max_tasks
+        rows = self._memory_view
+        x_in = rows[index].copy() if rows is not None else None
+        scores = self._numpy_actor.scores(state, x_in, noiseless=True)
+        masked = np.where(allowed, scores, -np.inf)
+        best = int(np.argmax(masked))
+        if isinstance(self.learner, DQNTS):
+            probs = np.zeros(B, dtype=np.float32)
+            probs[best] = 1.0
+        else:
+            probs = softmax(masked).astype(np.float32)
+        action = best
+        if explore_epsilon > 0.0 and self._explore_rng.random() < explore_epsilon:
+            weights = allowed.astype(np.float64)
+            action = int(self._explore_rng.choice(B, p=weights / weights.sum()))
+        if rows is not None:
+            rows[index] = latent_to_memory_np(scores, self.switches.memory_pre_softmax)
+        if task_ids is not None:
+            x = None if x_in is None else x_in[None]
+            self._record(task_ids[:1], state[None], np.array([action]), x)
+        if isinstance(self.learner, DQNTS) and action != best:
+            probs = np.zeros(B, dtype=np.float32)
+            probs[action] = 1.0
+        return Decision(np.array([action]), probs[None])
 
     def _greedy(
         self, scores: torch.Tensor, allowed: torch.Tensor, explore_epsilon: float
@@ -224,8 +269,9 @@ class OnlinePolicy:
 
     # ---- delayed rewards ----------------------------------------------------------------------
     def _record(
-        self, task_ids: list[str], s: torch.Tensor, actions: torch.Tensor, x: torch.Tensor | None
+        self, task_ids: list[str], s: np.ndarray, actions: np.ndarray, x: np.ndarray | None
     ) -> None:
+        """Pending transitions, kept as NumPy (no torch call on the decision path)."""
         for k, task_id in enumerate(task_ids):
             # The previous decision's next state is this one (§1.6: the same agent's next task).
             for prev in self._last_decided:
@@ -235,7 +281,7 @@ class OnlinePolicy:
                     if x is not None:
                         entry["x2"] = x[k]
                     self._push_if_complete(prev)
-            entry = {"s": s[k], "a": actions[k].float()}
+            entry = {"s": s[k], "a": np.float32(actions[k])}
             if x is not None:
                 entry["x"] = x[k]
             self._pending[task_id] = entry
@@ -249,7 +295,7 @@ class OnlinePolicy:
         if entry is None:
             return False
         reward = -float(delay_s) / (STATE_SCALE_S if self.switches.reward_scaling else 1.0)
-        entry["r"] = torch.tensor(reward)
+        entry["r"] = np.float32(reward)
         self._push_if_complete(task_id)
         return True
 
@@ -257,16 +303,25 @@ class OnlinePolicy:
         entry = self._pending[task_id]
         if "r" in entry and "s2" in entry:
             del self._pending[task_id]
-            values = {k: v[None] for k, v in entry.items()}
+            self._complete.append(entry)  # into the replay buffer by the next train_step
+
+    def _flush(self) -> None:
+        while self._complete:
+            entry = self._complete.popleft()
+            values = {
+                k: torch.as_tensor(np.asarray(v, dtype=np.float32))[None] for k, v in entry.items()
+            }
             self.learner.replay.add(torch.zeros(1, dtype=torch.long), **values)
 
     @property
     def buffered(self) -> int:
+        self._flush()
         return int(self.learner.replay.size[0])
 
     def train_step(self) -> dict[str, float] | None:
         """One update when the buffer holds more than the warm-up; None otherwise."""
         learner = self.learner
+        self._flush()
         ready = learner.replay.size > self.learn_cfg.warmup
         if not bool(ready.any()):
             return None
@@ -303,6 +358,7 @@ class OnlinePolicy:
         opt = torch.optim.Adam(params, lr=lr)
         g = learner.generator
         loss = torch.tensor(float("nan"))
+        noisy = False
         for _ in range(steps):
             idx = torch.randint(0, s.shape[0], (min(batch_size, s.shape[0]),), generator=g)
             sb, ab = s[idx][None], a[idx][None]
@@ -310,16 +366,24 @@ class OnlinePolicy:
             if isinstance(learner, DQNTS):
                 logp = torch.log_softmax(learner.q_values(sb, mb), dim=-1)
             elif isinstance(learner, LADTS):
-                rows = learner._memory_rows(0)
-                x = None
-                if rows is not None:
-                    x = rows[0, torch.randint(0, rows.shape[1], (sb.shape[1],), generator=g)][None]
-                logp = torch.log(learner.probs(sb, x, mb) + 1e-8)
+                x, noisy = None, learner.noise_start
+                if learner.memory is not None:
+                    # X_b[n] holds whatever the last decision at index n left (a peaked π
+                    # after a while, uniform at first): clone on the whole range.
+                    logits = torch.randn(sb.shape[1], self.env.n_servers, generator=g)
+                    sharpness = 8.0 * torch.rand(sb.shape[1], 1, generator=g)
+                    x = latent_to_memory(logits * sharpness, self.switches.memory_pre_softmax)
+                    x = x[None]
+                # LAD clones its chain's mean path, the one argmax deployment follows.
+                logp = torch.log(learner.probs(sb, x, mb, noiseless=not noisy) + 1e-8)
             else:
                 logp = torch.log(learner.probs(sb, mb) + 1e-8)  # type: ignore[attr-defined]
-            # Expected accuracy, not log-likelihood: a noisy chain (LAD, D2SAC) often gives the
-            # target a probability near 0 in one sample, and its log would swamp the gradient.
-            loss = 1.0 - logp[0].exp().gather(1, ab[0][:, None]).mean()
+            picked = logp[0].gather(1, ab[0][:, None])
+            # Noisy chain (D2SAC): expected accuracy, since one sample often gives the target
+            # a probability near 0 and its log would swamp the gradient. Otherwise
+            # cross-entropy: expected accuracy is content with the target tied with a
+            # runner-up (LAD's ε is a probability vector, so ties at the top are cheap).
+            loss = 1.0 - picked.exp().mean() if noisy else -picked.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -351,9 +415,9 @@ class OnlinePolicy:
         """Load a policy saved by ``save`` or by ``dedgeai sim train`` (agent row ``agent``)."""
         config, state = load_checkpoint(path)
         try:
-            env = _from_dict(EnvConfig, config["env"])
-            switches = _from_dict(Switches, config["switches"])
-            learn = _from_dict(LearnConfig, config["learn"])
+            env = config_from_dict(EnvConfig, config["env"])
+            switches = config_from_dict(Switches, config["switches"])
+            learn = config_from_dict(LearnConfig, config["learn"])
             method = str(config["method"])
             n_agents = int(config["n_agents"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -374,81 +438,3 @@ class OnlinePolicy:
             raise CheckpointError(f"{path}: tensors do not fit a {method} policy: {exc}") from exc
         policy.trained_steps = int(config.get("trained_steps", 0))
         return policy
-
-
-def save_checkpoint(
-    path: str | Path, config: dict[str, object], state: dict[str, torch.Tensor]
-) -> None:
-    """Write tensors + JSON config atomically (a crash never leaves half a checkpoint)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": json.dumps(config), "state": state}, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        config = json.loads(blob["config"])
-        state = dict(blob["state"])
-    except Exception as exc:  # torch raises many types for a corrupt file; all mean the same
-        raise CheckpointError(
-            f"{path}: not a readable policy checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
-    if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path}: unknown checkpoint format {config.get('format') if isinstance(config, dict) else None!r}"
-        )
-    return config, state
-
-
-def save_trained(
-    path: str | Path, learner: SlotLearner, method: str, episodes: int, seed: int
-) -> None:
-    """Checkpoint every agent of a simulation run (``dedgeai sim train``)."""
-    env, switches = learner.env_cfg, learner.switches
-    config = {
-        "format": CHECKPOINT_FORMAT,
-        "method": method,
-        "n_agents": learner.n_agents,
-        "layout": asdict(
-            StateLayout(
-                env.n_servers,
-                learner.state_dim,
-                switches.inslot_load_in_state,
-                switches.state_scaling,
-            )
-        ),
-        "env": asdict(env),
-        "switches": switches.as_dict(),
-        "learn": asdict(learner.cfg),
-        "episodes": episodes,
-        "seed": seed,
-        "trained_steps": learner.updates,
-    }
-    save_checkpoint(path, config, learner.networks_state())
-
-
-def load_trained(
-    path: str | Path, method: str, n_servers: int, state_dim_expected: int
-) -> dict[str, torch.Tensor]:
-    """Tensors of a ``dedgeai sim train`` checkpoint, checked to fit ``method`` on this system."""
-    config, state = load_checkpoint(path)
-    if config.get("method") != method:
-        raise CheckpointError(
-            f"{path}: checkpoint is for method {config.get('method')!r}, not {method!r}"
-        )
-    layout = config.get("layout", {})
-    if layout.get("n_servers") != n_servers or layout.get("state_dim") != state_dim_expected:
-        raise CheckpointError(
-            f"{path}: checkpoint made for {layout.get('n_servers')} servers and {layout.get('state_dim')} state "
-            f"features; this run has {n_servers} servers and {state_dim_expected}"
-        )
-    if config.get("n_agents") != n_servers:
-        raise CheckpointError(
-            f"{path}: checkpoint holds {config.get('n_agents')} agents, a simulation needs {n_servers}"
-        )
-    return state

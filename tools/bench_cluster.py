@@ -163,6 +163,18 @@ def replay(
         result["ran_on"] = {a.name: stats.ran_on.get(a.name, 0) for a in cluster.agents}
         result["unknown_target"] = stats.ran_on.get("?", 0)
         result["scheduler"] = scheduler_status(cluster)
+        result["tasks"] = [
+            {
+                "index": o.index,
+                "origin": o.origin,
+                "ran_on": o.target,
+                "steps": o.steps,
+                "delay_s": o.delay_s,
+                "policy": o.policy,
+                "reason": o.reason,
+            }
+            for o in outcomes
+        ]
         if kill:
             counts = executions(cluster)
             ids = [o.task for o in outcomes]

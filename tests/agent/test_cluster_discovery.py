@@ -11,7 +11,7 @@ import pytest
 
 from dedgeai.agent import protocol as p
 from dedgeai.agent.discovery import SERVICE_TYPE, Found, admit
-from dedgeai.agent.security import authorize, fingerprint, generate_keypair
+from dedgeai.agent.keys import authorize, fingerprint, generate_keypair
 
 from .conftest import wait_for  # noqa: TID252
 from .test_cluster_security import KeyedAgent  # noqa: TID252

@@ -164,3 +164,58 @@ def test_task_reclaimed_by_its_origin_is_not_run_again_by_the_restarted_target(a
     assert row["state"] == "cancelled", row
     assert row["attempts"] == 1, row  # started once before the kill, never again
     assert "did not ask for it again" in b.log() or "cancel" in (row.get("error") or "")
+
+
+def test_restarted_origin_asks_its_peer_again_instead_of_running_the_task_itself(agent_factory):
+    """kill -9 of the origin while its forwarded task runs on the peer: after the restart
+    the origin finds the task ``forwarded`` in its journal and asks the peer again (the link
+    is not connected yet at that moment, which must not count as a refusal); the result
+    comes back from the peer, and the task ran exactly once, there."""
+    ends = [f"tcp://127.0.0.1:{port}" for port in free_ports(2)]
+    a = agent_factory(
+        "a", endpoint=ends[0], peers=ends, policy="round-robin", gossip_interval_s=0.2
+    )
+    b = agent_factory(
+        "b",
+        endpoint=ends[1],
+        peers=ends,
+        policy="round-robin",
+        gossip_interval_s=0.2,
+        emulated_steps_per_second=5.0,
+    )
+    for agent in (a, b):
+        agent.env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda x: x.start(), (a, b)))
+    for agent in (a, b):
+        wait_for(lambda agent=agent: set(peer_states(agent).values()) == {"up"}, 30.0, "peers up")
+    wait_for(
+        lambda: all(s.get("capacity_steps_per_s") for s in cluster_view(a)["servers"]),
+        30.0,
+        "a knows b's capacity",
+    )
+    node_b = _node(b)
+    with a.client() as client:  # round-robin starts here; the next task goes to the peer
+        client.generate(GenerationRequest(prompt="q", steps=1, width=256, height=256))
+        slow = GenerationRequest(prompt="origin dies meanwhile", steps=20, width=512, height=512)
+        task = str(client.submit(slow, wait=False).get("task"))
+    with b.client() as client:
+        wait_for(lambda: (client.result(task).get("step") or 0) >= 1, 20.0, "b running it")
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    a.start()
+
+    def a_row() -> dict[str, Any]:
+        with a.client() as client:
+            return next(r for r in client.tasks() if r["task"] == task)
+
+    wait_for(lambda: a_row()["state"] == "done", 30.0, "the origin relays the peer's result")
+    row = a_row()
+    assert row["ran_on"]["node"] == node_b, row
+    assert row["attempts"] == 0, row  # never started at the origin
+    view = cluster_view(a)
+    assert view["forwarding"]["reclaimed"] == 0
+    with b.client() as client:
+        b_row = next(r for r in client.tasks() if r["task"] == task)
+    assert b_row["state"] == "done" and b_row["attempts"] == 1, b_row

@@ -15,14 +15,9 @@ import pytest
 import zmq
 
 from dedgeai.agent.client import AgentClient
+from dedgeai.agent.keys import KeyPair, authorize, fingerprint, generate_keypair
 from dedgeai.agent.peer_security import NEXT, OK, REFUSED, WAIT, PeerSecurity, split_peer
-from dedgeai.agent.security import (
-    ClientSecurity,
-    KeyPair,
-    authorize,
-    fingerprint,
-    generate_keypair,
-)
+from dedgeai.agent.security import ClientSecurity
 from dedgeai.models.backend import GenerationRequest
 
 from .conftest import AgentProcess, free_ports, wait_for  # noqa: TID252

@@ -17,17 +17,15 @@ from dedgeai.agent.cli import app
 from dedgeai.agent.client import AgentClient
 from dedgeai.agent.errors import HandshakeFailed, SecurityError
 from dedgeai.agent.exit_codes import ExitCode
-from dedgeai.agent.security import (
-    ClientSecurity,
+from dedgeai.agent.keys import (
     KeyPair,
-    SecurityConfig,
     authorize,
     authorized_keys,
-    curve_required,
     generate_keypair,
     load_keypair,
     load_public_key,
 )
+from dedgeai.agent.security import ClientSecurity, SecurityConfig, curve_required
 from dedgeai.models.backend import GenerationRequest
 from tests.agent.conftest import AgentProcess
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from dedgeai.scheduler.checkpoints import StateLayout, save_trained
 from dedgeai.scheduler.config import LearnConfig, Switches, get_preset
 from dedgeai.scheduler.errors import CheckpointError
-from dedgeai.scheduler.policy import OnlinePolicy, StateLayout, save_trained
+from dedgeai.scheduler.policy import OnlinePolicy
 from dedgeai.scheduler.simulate import train
 
 
