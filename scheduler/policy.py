@@ -103,9 +103,16 @@ class OnlinePolicy:
     ) -> np.ndarray:
         """States [K, state_dim] from telemetry, in the layout this policy was trained with."""
         if np.size(task_mbit) == 1 and self.switches.state_scaling:
-            return self._one_state(
-                task_mbit, demand_gcycles, backlog_gcycles, load_gcycles, capacity_ghz
-            )
+            # One task (the daemon's case): the same numbers in a few NumPy calls.
+            B = self.env.n_servers
+            out = np.empty((1, self.layout.state_dim), dtype=np.float32)
+            out[0, 0] = float(np.asarray(task_mbit).reshape(-1)[0]) / 5.0
+            out[0, 1] = float(np.asarray(demand_gcycles).reshape(-1)[0]) / 4.0
+            seconds = np.asarray(capacity_ghz, dtype=np.float64) * STATE_SCALE_S
+            out[0, 2 : 2 + B] = backlog_gcycles / seconds
+            if self.switches.inslot_load_in_state:
+                out[0, 2 + B :] = load_gcycles / seconds
+            return out
         task_mbit = np.atleast_1d(np.asarray(task_mbit, dtype=np.float64))
         demand = np.atleast_1d(np.asarray(demand_gcycles, dtype=np.float64))
         if self.switches.state_scaling:
@@ -125,25 +132,6 @@ class OnlinePolicy:
         return np.concatenate(
             [np.stack(per_task, axis=1), np.broadcast_to(shared_row, (k, shared_row.size))], axis=1
         ).astype(np.float32)
-
-    def _one_state(
-        self,
-        task_mbit: np.ndarray,
-        demand_gcycles: np.ndarray,
-        backlog_gcycles: np.ndarray,
-        load_gcycles: np.ndarray,
-        capacity_ghz: np.ndarray,
-    ) -> np.ndarray:
-        """``build_states`` for one task with scaling (the daemon's case), in few NumPy calls."""
-        B = self.env.n_servers
-        out = np.empty((1, self.layout.state_dim), dtype=np.float32)
-        out[0, 0] = float(np.asarray(task_mbit).reshape(-1)[0]) / 5.0
-        out[0, 1] = float(np.asarray(demand_gcycles).reshape(-1)[0]) / 4.0
-        seconds = np.asarray(capacity_ghz, dtype=np.float64) * STATE_SCALE_S
-        out[0, 2 : 2 + B] = backlog_gcycles / seconds
-        if self.switches.inslot_load_in_state:
-            out[0, 2 + B :] = load_gcycles / seconds
-        return out
 
     # ---- decisions ----------------------------------------------------------------------------
     def decide(

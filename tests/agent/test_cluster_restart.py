@@ -40,11 +40,12 @@ def _dones(sock: zmq.Socket, task: str, timeout_s: float, linger_s: float) -> li
     return dones
 
 
-def test_restarted_peer_resumes_a_forwarded_task_and_returns_it_once(agent_factory):
+def _started_pair(agent_factory: Any, a_gossip_s: float, b_steps_per_s: float) -> tuple[Any, Any]:
+    """Origin a and target b (round-robin, b slow), both up, a knowing b's capacity; a's
+    next task goes to b (round-robin's first one ran at a)."""
     ends = [f"tcp://127.0.0.1:{port}" for port in free_ports(2)]
-    # The origin gossips slowly: the target stays "up" (not reclaimed) across its restart.
     a = agent_factory(
-        "a", endpoint=ends[0], peers=ends, policy="round-robin", gossip_interval_s=5.0
+        "a", endpoint=ends[0], peers=ends, policy="round-robin", gossip_interval_s=a_gossip_s
     )
     b = agent_factory(
         "b",
@@ -52,7 +53,7 @@ def test_restarted_peer_resumes_a_forwarded_task_and_returns_it_once(agent_facto
         peers=ends,
         policy="round-robin",
         gossip_interval_s=0.2,
-        emulated_steps_per_second=10.0,
+        emulated_steps_per_second=b_steps_per_s,
     )
     for agent in (a, b):
         agent.env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -65,9 +66,15 @@ def test_restarted_peer_resumes_a_forwarded_task_and_returns_it_once(agent_facto
         30.0,
         "a knows b's capacity",
     )
-    node_a, node_b = _node(a), _node(b)
     with a.client() as client:  # round-robin starts here; the next task goes to the peer
         client.generate(GenerationRequest(prompt="q", steps=1, width=256, height=256))
+    return a, b
+
+
+def test_restarted_peer_resumes_a_forwarded_task_and_returns_it_once(agent_factory):
+    # The origin gossips slowly: the target stays "up" (not reclaimed) across its restart.
+    a, b = _started_pair(agent_factory, a_gossip_s=5.0, b_steps_per_s=10.0)
+    node_a, node_b = _node(a), _node(b)
     slow = GenerationRequest(prompt="forwarded, then resumed", steps=25, width=512, height=512)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -106,32 +113,8 @@ def test_task_reclaimed_by_its_origin_is_not_run_again_by_the_restarted_target(a
     """Issue 5: the origin marked the killed target down and ran the task elsewhere; the
     restarted target finds the task in its journal but holds it until its origin asks for it
     again, which this origin never does: the task is dropped there, never started twice."""
-    ends = [f"tcp://127.0.0.1:{port}" for port in free_ports(2)]
-    a = agent_factory(
-        "a", endpoint=ends[0], peers=ends, policy="round-robin", gossip_interval_s=0.2
-    )
-    b = agent_factory(
-        "b",
-        endpoint=ends[1],
-        peers=ends,
-        policy="round-robin",
-        gossip_interval_s=0.2,
-        emulated_steps_per_second=5.0,
-    )
-    for agent in (a, b):
-        agent.env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda x: x.start(), (a, b)))
-    for agent in (a, b):
-        wait_for(lambda agent=agent: set(peer_states(agent).values()) == {"up"}, 30.0, "peers up")
-    wait_for(
-        lambda: all(s.get("capacity_steps_per_s") for s in cluster_view(a)["servers"]),
-        30.0,
-        "a knows b's capacity",
-    )
+    a, b = _started_pair(agent_factory, a_gossip_s=0.2, b_steps_per_s=5.0)
     node_a = _node(a)
-    with a.client() as client:  # round-robin starts here; the next task goes to the peer
-        client.generate(GenerationRequest(prompt="q", steps=1, width=256, height=256))
     slow = GenerationRequest(prompt="forwarded, then reclaimed", steps=20, width=512, height=512)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -171,32 +154,9 @@ def test_restarted_origin_asks_its_peer_again_instead_of_running_the_task_itself
     the origin finds the task ``forwarded`` in its journal and asks the peer again (the link
     is not connected yet at that moment, which must not count as a refusal); the result
     comes back from the peer, and the task ran exactly once, there."""
-    ends = [f"tcp://127.0.0.1:{port}" for port in free_ports(2)]
-    a = agent_factory(
-        "a", endpoint=ends[0], peers=ends, policy="round-robin", gossip_interval_s=0.2
-    )
-    b = agent_factory(
-        "b",
-        endpoint=ends[1],
-        peers=ends,
-        policy="round-robin",
-        gossip_interval_s=0.2,
-        emulated_steps_per_second=5.0,
-    )
-    for agent in (a, b):
-        agent.env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda x: x.start(), (a, b)))
-    for agent in (a, b):
-        wait_for(lambda agent=agent: set(peer_states(agent).values()) == {"up"}, 30.0, "peers up")
-    wait_for(
-        lambda: all(s.get("capacity_steps_per_s") for s in cluster_view(a)["servers"]),
-        30.0,
-        "a knows b's capacity",
-    )
+    a, b = _started_pair(agent_factory, a_gossip_s=0.2, b_steps_per_s=5.0)
     node_b = _node(b)
-    with a.client() as client:  # round-robin starts here; the next task goes to the peer
-        client.generate(GenerationRequest(prompt="q", steps=1, width=256, height=256))
+    with a.client() as client:
         slow = GenerationRequest(prompt="origin dies meanwhile", steps=20, width=512, height=512)
         task = str(client.submit(slow, wait=False).get("task"))
     with b.client() as client:

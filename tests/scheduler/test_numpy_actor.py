@@ -116,3 +116,13 @@ def test_memory_transform_matches_torch() -> None:
     for pre in (False, True):
         expected = latent_to_memory(torch.from_numpy(x0), pre).numpy()
         np.testing.assert_allclose(latent_to_memory_np(x0, pre), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_one_task_state_equals_the_batched_state() -> None:
+    policy = OnlinePolicy("lad", ENV, agent=0, seed=1)
+    rng = np.random.default_rng(5)
+    backlog, load, capacity = rng.uniform(0, 100, B), rng.uniform(0, 40, B), rng.uniform(10, 50, B)
+    both = policy.build_states(np.array([3.0, 4.0]), np.array([1.5, 2.0]), backlog, load, capacity)
+    one = policy.build_states(np.array([3.0]), np.array([1.5]), backlog, load, capacity)
+    assert one.shape == (1, policy.layout.state_dim)
+    np.testing.assert_allclose(one[0], both[0], rtol=1e-6)
