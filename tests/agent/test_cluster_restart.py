@@ -71,19 +71,25 @@ def _started_pair(agent_factory: Any, a_gossip_s: float, b_steps_per_s: float) -
     return a, b
 
 
+def _submit_forwarded(origin: Any, request: GenerationRequest) -> tuple[zmq.Socket, str]:
+    """A raw client socket that submitted ``request`` to ``origin``, which forwarded it."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(origin.endpoint)
+    task = p.new_task_id()
+    sock.send(p.encode(p.envelope("submit", "s1", **p.request_to_wire(request), task=task)))
+    accepted = p.parse_reply(sock.recv_multipart())
+    assert accepted.type == "accepted" and accepted.get("forwarded_to") is not None
+    return sock, task
+
+
 def test_restarted_peer_resumes_a_forwarded_task_and_returns_it_once(agent_factory):
     # The origin gossips slowly: the target stays "up" (not reclaimed) across its restart.
     a, b = _started_pair(agent_factory, a_gossip_s=5.0, b_steps_per_s=10.0)
     node_a, node_b = _node(a), _node(b)
     slow = GenerationRequest(prompt="forwarded, then resumed", steps=25, width=512, height=512)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(a.endpoint)
+    sock, task = _submit_forwarded(a, slow)
     try:
-        task = p.new_task_id()
-        sock.send(p.encode(p.envelope("submit", "s1", **p.request_to_wire(slow), task=task)))
-        accepted = p.parse_reply(sock.recv_multipart())
-        assert accepted.type == "accepted" and accepted.get("forwarded_to") is not None
         with b.client() as client:  # b journaled it (its `accepted` was the ack) and runs it
             wait_for(lambda: (client.result(task).get("step") or 0) >= 2, 20.0, "b running it")
         assert b.proc is not None
@@ -116,14 +122,8 @@ def test_task_reclaimed_by_its_origin_is_not_run_again_by_the_restarted_target(a
     a, b = _started_pair(agent_factory, a_gossip_s=0.2, b_steps_per_s=5.0)
     node_a = _node(a)
     slow = GenerationRequest(prompt="forwarded, then reclaimed", steps=20, width=512, height=512)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(a.endpoint)
+    sock, task = _submit_forwarded(a, slow)
     try:
-        task = p.new_task_id()
-        sock.send(p.encode(p.envelope("submit", "s1", **p.request_to_wire(slow), task=task)))
-        accepted = p.parse_reply(sock.recv_multipart())
-        assert accepted.type == "accepted" and accepted.get("forwarded_to") is not None
         with b.client() as client:
             wait_for(lambda: (client.result(task).get("step") or 0) >= 1, 20.0, "b running it")
         assert b.proc is not None
