@@ -434,7 +434,8 @@ class Cluster:
         target = int(decision.target)
         if target != self.self_index:
             self.pending[target] += demand
-        self.decision_s.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.decision_s.append(elapsed)
         peer = self.table.get(target)
         where = (
             self.core.identity
@@ -452,6 +453,7 @@ class Cluster:
             "policy": decision.policy,
             "reason": decision.reason,
             "probs": [round(float(x), 4) for x in decision.probs],
+            "decision_us": round(elapsed * 1e6, 1),  # state + policy, as in status' decisions
         }
 
     # --- status ----------------------------------------------------------------------

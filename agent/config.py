@@ -219,17 +219,18 @@ KEYS: tuple[Key, ...] = (
     Key(
         "policy_actions",
         str,
-        "argmax",
-        "how a learned policy picks a target at run time: argmax (the most likely live server, "
-        "the paper's deployment step) or sample (draw from its probabilities, as in training)",
+        "sample",
+        "how a learned policy picks a target at run time: sample (draw from its probabilities "
+        "π, which spreads agents that see the same stale gossip; DQN always takes argmax) or "
+        "argmax (the most likely live server, the paper's evaluation step)",
         _one_of("argmax", "sample"),
     ),
     Key(
         "explore_epsilon",
         float,
         0.02,
-        "with policy_actions = argmax, the share of decisions sent to a uniformly drawn live "
-        "server instead, so online learning still sees other actions; 0: never",
+        "with policy_actions = argmax (and for DQN), the share of decisions sent to a uniformly "
+        "drawn live server instead, so online learning still sees other actions; 0: never",
         lambda value: None if 0.0 <= value <= 1.0 else "must be between 0 and 1",
     ),
     Key("train_steps_per_s", float, 2.0, "upper bound on online training steps", _positive),
@@ -301,7 +302,7 @@ class AgentConfig:
     policy: str = "lad"
     learn: bool = True
     policy_checkpoint: str = ""
-    policy_actions: str = "argmax"
+    policy_actions: str = "sample"
     explore_epsilon: float = 0.02
     train_steps_per_s: float = 2.0
     learn_warmup: int = 300

@@ -85,8 +85,12 @@ class SchedulerHost:
             "seed": seed,
             "learn": self.learn,
             "learn_config": self._learn_config(learn_warmup),
-            "deterministic": policy_actions == "argmax",
-            "explore_epsilon": explore_epsilon if policy_actions == "argmax" else 0.0,
+            # DQN has no π to draw from: it always takes argmax of Q (with ε exploration).
+            "deterministic": policy_actions == "argmax" or policy == "dqn",
+            "explore_epsilon": explore_epsilon
+            if policy_actions == "argmax" or policy == "dqn"
+            else 0.0,
+            "mean_path": policy_actions == "sample",
         }
         self.scheduler: Any = None
         source = self.save_path if self.save_path.exists() else None

@@ -62,6 +62,11 @@ class Switches:
     # DQN-TS keeps the authors' unscaled inputs unless asked: with B6 scaling it learned worse in
     # our runs (docs/results.md), and a baseline must not be weakened by a switch.
     dqn_scaling: bool = False
+    # B7: LADN's ε through a softmax (a probability vector), as the authors' code. Kept on for
+    # the simulator's figures. It caps π's sharpness: x_0 = c·x_I − Σ w_i ε_i with ε_i on the
+    # simplex, so the mean logit gap to the best server is at most Σ w_i / B (about 2 at
+    # B = 8, π_max ≲ 0.6). The agent's fresh actors turn it off (scheduler/online.py).
+    eps_softmax: bool = True
 
     @classmethod
     def reference(cls) -> Switches:

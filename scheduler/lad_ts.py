@@ -28,9 +28,11 @@ class LADN(nn.Module):
         n_actions: int,
         cfg: LearnConfig,
         generator: torch.Generator,
+        eps_softmax: bool = True,
     ) -> None:
         super().__init__()
         self.n_actions, self.emb_dim = n_actions, cfg.time_emb_dim
+        self.eps_softmax = eps_softmax
         self.eps_net = StackedMLP(
             n_agents, n_actions + cfg.time_emb_dim + state_dim, cfg.hidden, n_actions, generator
         )
@@ -75,7 +77,9 @@ class LADN(nn.Module):
         for i in reversed(range(self.schedule.n_steps)):
             h = torch.baddbmm(h_s + h_t[:, i : i + 1], x, w_x).relu_()
             h = self.eps_net.l2(h).relu_()
-            eps = torch.softmax(self.eps_net.l3(h), dim=-1)  # B7: ε is a probability vector
+            eps = self.eps_net.l3(h)
+            if self.eps_softmax:
+                eps = torch.softmax(eps, dim=-1)  # B7: ε is a probability vector
             # x̂_0 = √(1/ᾱ_i) x_i − √(1/ᾱ_i − 1) ε   (predict_start_from_noise, clip_denoised=False)
             # μ = coef1_i x̂_0 + coef2_i x_i          (q_posterior), folded into two scalars
             x = (x * (c1[i] * sr[i] + c2[i])).sub_(eps, alpha=c1[i] * srm1[i])
@@ -102,7 +106,14 @@ class LADTS(SlotLearner):
         n_agents: int | None = None,
     ) -> None:
         super().__init__(env, learn, switches, seed, n_agents)
-        self.actor = LADN(self.n_agents, self.state_dim, self.n_actions, learn, self.generator)
+        self.actor = LADN(
+            self.n_agents,
+            self.state_dim,
+            self.n_actions,
+            learn,
+            self.generator,
+            eps_softmax=switches.eps_softmax,
+        )
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=learn.actor_lr, fused=True)
         self.sac = DiscreteSAC(
             self.n_agents,

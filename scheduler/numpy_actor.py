@@ -56,6 +56,7 @@ class NumpyActor:
         if isinstance(learner, LADTS):
             actor = learner.actor
             self.noise_start = learner.noise_start or learner.memory is None
+            self.eps_softmax = actor.eps_softmax
             self.n_actions, emb = actor.n_actions, actor.emb_dim
             l1 = actor.eps_net.l1
             w1, b = _view(l1.weight), self.n_actions  # w1 [B + E + sd, H]: x, step, state
@@ -96,7 +97,7 @@ class NumpyActor:
         if x_start is None or self.noise_start:
             x_start = self.rng.standard_normal(self.n_actions, dtype=np.float32)
         if noiseless:
-            noise = np.zeros((n_steps - 1, self.n_actions), dtype=np.float32)
+            noise = None
         elif noise is None:
             noise = self.rng.standard_normal((n_steps - 1, self.n_actions), dtype=np.float32)
         # The state and step parts of the first layer do not change along the chain: once.
@@ -105,9 +106,11 @@ class NumpyActor:
         for i in reversed(range(n_steps)):
             h = np.maximum(h_st[i] + x @ self.w_x, 0.0)
             h = np.maximum(h @ self.w2 + self.b2, 0.0)
-            eps = softmax(h @ self.w3 + self.b3)  # B7: ε is a probability vector
+            eps = h @ self.w3 + self.b3
+            if self.eps_softmax:
+                eps = softmax(eps)  # B7: ε is a probability vector
             x = x * self.keep[i] - eps * self.take[i]
-            if i > 0:
+            if i > 0 and noise is not None:
                 x = x + noise[i - 1] * self.std[i]
         return x
 

@@ -31,6 +31,8 @@ LEARNED = ("lad", "sac", "dqn")
 DENSITY_GCYCLES_PER_STEP = 0.2048  # middle of U[0.1024, 0.3072) Gcycles per step (§1.2)
 WARM_START_SAMPLES = 4096
 WARM_START_STEPS = 2000  # ~3 s of CPU at hidden 64 (measured: 300 left LAD at ~30 % agreement)
+SOFT_GREEDY_TEMPERATURE = 0.3  # x the best estimated finish (tools/bench_cluster.py; see docs)
+MIN_TEMPERATURE_S = 0.05  # floor of the best finish in the temperature (an idle cluster)
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,13 @@ class ClusterScheduler:
         deterministic: bool = False,
         explore_epsilon: float = 0.0,
         capacities: np.ndarray | None = None,
+        mean_path: bool = False,
     ) -> None:
         """``deterministic``: a learned policy takes the most likely action (argmax of π,
         masked) instead of sampling it, and a uniformly drawn live server with probability
         ``explore_epsilon`` (deployment; the default samples, as in training).
+        ``mean_path`` (deployment, not deterministic): the action is drawn from π of LAD's
+        noiseless chain, the π the warm start fitted (DQN: argmax of Q).
         ``capacities``: every server's measured speed (steps/s), for a fresh actor's warm
         start (see ``_warm_start``)."""
         if policy not in POLICIES:
@@ -143,8 +148,11 @@ class ClusterScheduler:
         if not 0.0 <= explore_epsilon <= 1.0:
             raise ConfigurationError(f"explore_epsilon {explore_epsilon} outside [0, 1]")
         self.deterministic, self.explore_epsilon = deterministic, explore_epsilon
+        self.mean_path = mean_path and not deterministic
         if policy in LEARNED and n_servers >= 2:
-            switches = switches or Switches()
+            # A fresh actor's ε is unconstrained (B7 off): the warm start's soft-greedy π needs
+            # more sharpness than B7 allows. A checkpoint keeps the switches it was made with.
+            switches = switches or Switches(eps_softmax=False)
             env = EnvConfig(n_servers=n_servers)
             if checkpoint is not None and Path(checkpoint).exists():
                 layout = StateLayout(
@@ -251,12 +259,15 @@ class ClusterScheduler:
             task_ids=ids,
             greedy=self.deterministic,
             explore_epsilon=self.explore_epsilon,
+            mean_path=self.mean_path,
         )
         target = int(decision.actions[0])
         probs = decision.probs[0]
         how = ""
         if self.deterministic:
             how = "argmax " if probs[target] >= probs.max() else "explore "
+        elif self.mean_path:
+            how = "drawn "
         return Placement(
             target, probs, self.policy, f"{how}p={probs[target]:.2f} (max {probs.max():.2f})"
         )
@@ -313,14 +324,31 @@ class ClusterScheduler:
         available = rng.uniform(size=(K, B)) > 0.1
         available[np.arange(K), rng.integers(0, B, K)] = True
         states = np.empty((K, self._learned.layout.state_dim), dtype=np.float32)
-        targets = np.empty(K, dtype=np.int64)
+        finish = np.empty((K, B))
         for k in range(K):
             cluster = ClusterState(self.self_index, backlog[k], load[k], capacity[k], available[k])
-            states[k] = self._states(TaskSpec(float(demand[k]), float(size[k])), cluster)[0]
-            targets[k] = int(
-                np.argmin(estimated_finish_s(TaskSpec(float(demand[k]), float(size[k])), cluster))
-            )
-        self._learned.imitate(states, targets, available, steps=WARM_START_STEPS, lr=1e-2)
+            task = TaskSpec(float(demand[k]), float(size[k]))
+            states[k] = self._states(task, cluster)[0]
+            finish[k] = estimated_finish_s(task, cluster)
+        self._learned.imitate(
+            states, soft_greedy(finish), available, steps=WARM_START_STEPS, lr=1e-2
+        )
+
+
+def soft_greedy(finish_s: np.ndarray, temperature: float = SOFT_GREEDY_TEMPERATURE) -> np.ndarray:
+    """π(n) ∝ exp(−(f_n − f_min) / (temperature · f_min)) for finish estimates f [K, B] (inf: down).
+
+    The warm start's teacher: greedy's maximum-entropy form (discrete SAC's optimum for
+    Q = −estimated finish). Agents decide on gossip up to one interval old, so every agent
+    sees the same "best" server until its next report; deterministic greedy sends them all
+    there, drawing from this π spreads them over the near-best ones. The temperature is
+    relative to the best finish, so it does not depend on how long tasks take.
+    """
+    best = finish_s.min(axis=-1, keepdims=True)
+    scale = temperature * np.maximum(best, MIN_TEMPERATURE_S)
+    logits = np.where(np.isfinite(finish_s), -(finish_s - best) / scale, -np.inf)
+    weights = np.exp(logits)
+    return weights / weights.sum(axis=-1, keepdims=True)
 
 
 def _stacked(checkpoint: Path) -> bool:

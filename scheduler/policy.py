@@ -142,6 +142,7 @@ class OnlinePolicy:
         task_ids: list[str] | None = None,
         greedy: bool = False,
         explore_epsilon: float = 0.0,
+        mean_path: bool = False,
     ) -> Decision:
         """Choose a server for each of K tasks (states [K, sd] or [sd]); masked servers never.
 
@@ -151,7 +152,9 @@ class OnlinePolicy:
         By default the action is sampled from π (the simulator's training behaviour). With
         ``greedy`` (deployment) it is the most likely allowed action, argmax of π (DQN: of Q),
         except that with probability ``explore_epsilon`` a uniformly drawn allowed server is
-        taken instead, so online learning still sees other actions.
+        taken instead, so online learning still sees other actions. With ``mean_path``
+        (deployment, one task) the action is drawn from π of LAD's noiseless chain, the π its
+        warm start fitted (SAC: its π; DQN: argmax of Q).
         """
         states = np.atleast_2d(np.asarray(states, dtype=np.float32))
         K, B = states.shape[0], self.env.n_servers
@@ -159,8 +162,10 @@ class OnlinePolicy:
             raise ConfigurationError(
                 f"state has {states.shape[1]} features; this policy expects {self.layout.state_dim}"
             )
-        if greedy and K == 1:
-            return self._decide_one(states[0], mask, task_index, task_ids, explore_epsilon)
+        if (greedy or mean_path) and K == 1:
+            return self._decide_one(
+                states[0], mask, task_index, task_ids, explore_epsilon if greedy else 0.0, greedy
+            )
         s = torch.from_numpy(states)
         allowed = (
             torch.ones(K, B, dtype=torch.bool)
@@ -205,9 +210,10 @@ class OnlinePolicy:
         task_index: np.ndarray | None,
         task_ids: list[str] | None,
         explore_epsilon: float,
+        argmax: bool = True,
     ) -> Decision:
-        """``decide(greedy=True)`` for one task, in NumPy: the same networks, a fraction of
-        the time (numpy_actor.py). The chain's noise comes from NumPy's generator."""
+        """``decide(greedy=True)`` (or ``mean_path=True``, ``argmax`` False: drawn from π)
+        for one task, in NumPy: the same networks, a fraction of the time (numpy_actor.py)."""
         B = self.env.n_servers
         allowed = np.ones(B, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         if allowed.shape != (B,) or not allowed.any():
@@ -225,7 +231,12 @@ class OnlinePolicy:
         else:
             probs = softmax(masked).astype(np.float32)
         action = best
-        if explore_epsilon > 0.0 and self._explore_rng.random() < explore_epsilon:
+        if not argmax and not isinstance(self.learner, DQNTS):
+            # Inverse CDF on one uniform draw: rng.choice costs ~20 µs per call.
+            cdf = np.cumsum(probs, dtype=np.float64)
+            drawn = int(np.searchsorted(cdf, self._explore_rng.random() * cdf[-1], side="right"))
+            action = drawn if drawn < B and allowed[drawn] else best  # masked: probability 0
+        elif explore_epsilon > 0.0 and self._explore_rng.random() < explore_epsilon:
             weights = allowed.astype(np.float64)
             action = int(self._explore_rng.choice(B, p=weights / weights.sum()))
         if rows is not None:
@@ -332,12 +343,20 @@ class OnlinePolicy:
     ) -> float:
         """Behaviour cloning: fit π(·|s) (DQN: softmax of Q) to ``actions`` by cross-entropy.
 
-        A fresh actor knows nothing; cloning a sound heuristic (the greedy earliest-finish
-        rule) first lets online learning start from sensible decisions. Returns the last loss.
+        ``actions``: the teacher's choices [K], or its action probabilities [K, B] (a soft
+        teacher). A fresh actor knows nothing; cloning a sound heuristic (the greedy
+        earliest-finish rule) first lets online learning start from sensible decisions.
+        Returns the last loss.
         """
         learner = self.learner
         s = torch.as_tensor(states, dtype=torch.float32)
-        a = torch.as_tensor(actions, dtype=torch.long)
+        soft = np.ndim(actions) == 2
+        if soft:
+            target = torch.as_tensor(actions, dtype=torch.float32)
+        else:
+            target = torch.nn.functional.one_hot(
+                torch.as_tensor(actions, dtype=torch.long), self.env.n_servers
+            ).float()
         allowed = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
         if isinstance(learner, DQNTS):
             params = list(learner.q.parameters())
@@ -349,7 +368,7 @@ class OnlinePolicy:
         noisy = False
         for _ in range(steps):
             idx = torch.randint(0, s.shape[0], (min(batch_size, s.shape[0]),), generator=g)
-            sb, ab = s[idx][None], a[idx][None]
+            sb, qb = s[idx][None], target[idx]
             mb = None if allowed is None else allowed[idx][None]
             if isinstance(learner, DQNTS):
                 logp = torch.log_softmax(learner.q_values(sb, mb), dim=-1)
@@ -366,12 +385,14 @@ class OnlinePolicy:
                 logp = torch.log(learner.probs(sb, x, mb, noiseless=not noisy) + 1e-8)
             else:
                 logp = torch.log(learner.probs(sb, mb) + 1e-8)  # type: ignore[attr-defined]
-            picked = logp[0].gather(1, ab[0][:, None])
             # Noisy chain (D2SAC): expected accuracy, since one sample often gives the target
             # a probability near 0 and its log would swamp the gradient. Otherwise
             # cross-entropy: expected accuracy is content with the target tied with a
             # runner-up (LAD's ε is a probability vector, so ties at the top are cheap).
-            loss = 1.0 - picked.exp().mean() if noisy else -picked.mean()
+            # Masked servers have π = 0 and target 0: their log term is dropped.
+            logp = torch.where(qb > 0, logp[0], torch.zeros_like(logp[0]))
+            expected = (qb * logp.exp()).sum(-1) if noisy else None
+            loss = 1.0 - expected.mean() if expected is not None else -(qb * logp).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -64,3 +64,26 @@ def test_a_checkpoint_for_another_cluster_size_stops_the_agent_with_a_config_err
     with pytest.raises(RuntimeError, match="exited with 2") as info:
         lone.start()
     assert "policy `lad` with 3 server(s)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("policy", "actions", "deterministic", "drawn", "epsilon"),
+    [
+        ("lad", "sample", False, True, 0.0),  # the default: drawn from π of the mean path
+        ("sac", "sample", False, True, 0.0),
+        ("dqn", "sample", True, False, 0.05),  # no π to draw from: argmax of Q, ε-explore
+        ("lad", "argmax", True, False, 0.05),
+    ],
+)
+def test_policy_actions_decide_how_the_learned_policy_picks(
+    tmp_path: Path, policy: str, actions: str, deterministic: bool, drawn: bool, epsilon: float
+) -> None:
+    from dedgeai.agent.learning import SchedulerHost
+
+    host = SchedulerHost(
+        policy, 3, 0, tmp_path, learn=False, policy_actions=actions, explore_epsilon=0.05
+    )
+    scheduler = host._build(None)
+    assert scheduler.deterministic is deterministic
+    assert scheduler.mean_path is drawn
+    assert scheduler.explore_epsilon == epsilon

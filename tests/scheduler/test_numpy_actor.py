@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dedgeai.scheduler.config import get_preset
+from dedgeai.scheduler.config import Switches, get_preset
 from dedgeai.scheduler.learner import latent_to_memory
 from dedgeai.scheduler.numpy_actor import NumpyActor, latent_to_memory_np
 from dedgeai.scheduler.policy import OnlinePolicy
@@ -39,9 +39,12 @@ def _torch_scores(policy: OnlinePolicy, state: np.ndarray, x: np.ndarray, noise:
         return net(s)[0, 0].numpy()
 
 
-@pytest.mark.parametrize("method", ["lad", "sac", "dqn"])
-def test_numpy_scores_equal_the_torch_networks(method: str) -> None:
-    policy = OnlinePolicy(method, ENV, agent=2, seed=5)
+@pytest.mark.parametrize(
+    ("method", "eps_softmax"), [("lad", True), ("lad", False), ("sac", True), ("dqn", True)]
+)
+def test_numpy_scores_equal_the_torch_networks(method: str, eps_softmax: bool) -> None:
+    switches = Switches(eps_softmax=eps_softmax)
+    policy = OnlinePolicy(method, ENV, agent=2, switches=switches, seed=5)
     actor = NumpyActor(policy.learner, np.random.default_rng(0))
     rng = np.random.default_rng(1)
     for state in _states(policy, 20):
@@ -126,3 +129,25 @@ def test_one_task_state_equals_the_batched_state() -> None:
     one = policy.build_states(np.array([3.0]), np.array([1.5]), backlog, load, capacity)
     assert one.shape == (1, policy.layout.state_dim)
     np.testing.assert_allclose(one[0], both[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lad", "sac", "dqn"])
+def test_one_task_drawn_decisions_follow_pi_and_never_pick_a_masked_server(method: str) -> None:
+    """``mean_path`` deployment: drawn from π of the noiseless chain (DQN: argmax of Q)."""
+    policy = OnlinePolicy(method, ENV, agent=1, switches=Switches(eps_softmax=False), seed=4)
+    mask = np.ones(B, dtype=bool)
+    mask[[1, 5]] = False
+    state = _states(policy, 1, seed=6)[0]
+    x = policy._memory_view[0].copy() if policy._memory_view is not None else None
+    counts = np.zeros(B)
+    for _ in range(3000):
+        if x is not None:
+            policy._memory_view[0] = x  # the same X_b[0] every time: one π to sample
+        decision = policy.decide(state, mask=mask, task_index=np.array([0]), mean_path=True)
+        counts[decision.actions[0]] += 1
+    probs = decision.probs[0]
+    assert np.all(counts[~mask] == 0) and np.all(probs[~mask] == 0.0)
+    if method == "dqn":
+        assert counts[np.argmax(probs)] == 3000
+    else:  # 3000 draws: every frequency within ~4 standard errors of π
+        np.testing.assert_allclose(counts / 3000, probs, atol=0.04)

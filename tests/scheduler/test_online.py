@@ -14,6 +14,7 @@ from dedgeai.scheduler.online import (
     ClusterState,
     TaskSpec,
     estimated_finish_s,
+    soft_greedy,
 )
 from dedgeai.scheduler.simulate import train
 
@@ -151,3 +152,60 @@ def test_single_server_runs_everything_locally() -> None:
         TaskSpec(10, 0.01), ClusterState(0, np.zeros(1), np.zeros(1), np.ones(1), np.ones(1, bool))
     )
     assert placement.target == 0
+
+
+def test_soft_greedy_prefers_the_earliest_finish_and_spreads_over_near_ties() -> None:
+    finish = np.array([[1.0, 1.05, 3.0, np.inf], [10.0, 10.5, 30.0, 11.0]])
+    probs = soft_greedy(finish)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert probs[0, 3] == 0.0  # down: never
+    assert probs[0, 0] > probs[0, 1] > 0.3 > 1e-2 > probs[0, 2]  # a near-tie shares
+    # The temperature is relative to the best finish: the same shape at 10x the scale.
+    np.testing.assert_allclose(probs[1, :3] / probs[1, :3].sum(), probs[0, :3] / probs[0, :3].sum())
+
+
+def test_fresh_lad_drawn_decisions_fit_the_soft_greedy_teacher() -> None:
+    """Warm start on soft-greedy targets with ε unconstrained (B7 off): π of the mean path
+    is close to the teacher, so drawn decisions cost little over it (seconds of finish)."""
+    capacity = np.array([20, 10, 7.2, 12.8, 11.2, 8.4, 20, 6.8])
+    scheduler = ClusterScheduler("lad", 8, 0, seed=0, mean_path=True, capacities=capacity)
+    assert scheduler._learned is not None
+    assert scheduler._learned.switches.eps_softmax is False
+    rng = np.random.default_rng(12)
+    extra, kl = [], []
+    for i in range(200):
+        if i % 4 == 0:
+            scheduler.start_interval()
+        idle = rng.uniform(size=8) < 0.4
+        backlog = np.where(idle, 0.0, rng.uniform(0, 8, 8)) * capacity
+        load = np.where(rng.uniform(size=8) < 0.6, 0.0, rng.uniform(0, 2, 8)) * capacity
+        cluster = ClusterState(0, backlog, load, capacity, np.ones(8, dtype=bool))
+        task = TaskSpec(float(rng.integers(10, 20)), 0.002)
+        finish = estimated_finish_s(task, cluster)
+        teacher = soft_greedy(finish[None])[0]
+        placement = scheduler.decide(task, cluster)
+        assert placement.reason.startswith("drawn ")
+        pi = placement.probs
+        extra.append(float(pi @ finish - teacher @ finish))
+        kl.append(float(np.sum(teacher * np.log((teacher + 1e-9) / (pi + 1e-9)))))
+    assert float(np.mean(kl)) < 0.25  # measured ~0.07 (B7 on: ~0.5)
+    assert float(np.mean(extra)) < 0.3  # seconds; measured ~0.07 (B7 on: ~1.0)
+
+
+def test_a_fresh_lad_checkpoint_reloads_with_its_switches(tmp_path: Path) -> None:
+    """The agent's fresh LAD has ε unconstrained (B7 off); its checkpoint says so, and a
+    reload decides exactly as the saved actor (old checkpoints, without the key, keep B7)."""
+    capacity = np.array([20.0, 10.0, 7.2, 12.8])
+    saved = ClusterScheduler("lad", B, 1, seed=0, deterministic=True, capacities=capacity)
+    saved.save(tmp_path / "policy.pt")
+    loaded = ClusterScheduler(
+        "lad", B, 1, seed=0, deterministic=True, checkpoint=tmp_path / "policy.pt"
+    )
+    assert loaded._learned is not None and loaded._learned.switches.eps_softmax is False
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        cluster, task = _cluster(rng), TaskSpec(float(rng.uniform(5, 40)), 0.01)
+        a, b = saved.decide(task, cluster), loaded.decide(task, cluster)
+        assert a.target == b.target
+        np.testing.assert_allclose(a.probs, b.probs, rtol=1e-5, atol=1e-6)
+    assert Switches().eps_softmax is True  # the simulator keeps the authors' B7
