@@ -51,17 +51,17 @@ class ClusterState:
         return int(np.asarray(self.available).size)
 
     def validate(self, n_servers: int) -> None:
-        up = self.available
+        up, capacity = self.available, self.capacity_steps_per_s
         if (
             isinstance(up, np.ndarray)
             and up.dtype == bool
             and up.shape == (n_servers,)
             and np.shape(self.backlog_steps) == np.shape(self.interval_load_steps) == up.shape
-            and isinstance(self.capacity_steps_per_s, np.ndarray)
-            and self.capacity_steps_per_s.shape == up.shape
+            and isinstance(capacity, np.ndarray)
+            and capacity.shape == up.shape
             and 0 <= self.self_index < n_servers
             and up.any()
-            and (self.capacity_steps_per_s[up] > 0).all()
+            and capacity.min(initial=np.inf, where=up) > 0
         ):
             return  # the daemon's case, checked in few calls; otherwise say what is wrong
         arrays = (
@@ -263,14 +263,13 @@ class ClusterScheduler:
         )
         target = int(decision.actions[0])
         probs = decision.probs[0]
+        chosen, most = float(probs[target]), float(probs.max())  # floats format faster
         how = ""
         if self.deterministic:
-            how = "argmax " if probs[target] >= probs.max() else "explore "
+            how = "argmax " if chosen >= most else "explore "
         elif self.mean_path:
             how = "drawn "
-        return Placement(
-            target, probs, self.policy, f"{how}p={probs[target]:.2f} (max {probs.max():.2f})"
-        )
+        return Placement(target, probs, self.policy, f"{how}p={chosen:.2f} (max {most:.2f})")
 
     def complete(self, task_id: str, delay_s: float) -> bool:
         """The observed service delay of a decided task: its reward (−delay)."""

@@ -34,7 +34,7 @@ from dedgeai.scheduler.env import STATE_SCALE_S, state_dim
 from dedgeai.scheduler.errors import CheckpointError, ConfigurationError
 from dedgeai.scheduler.lad_ts import D2SACTS, LADTS
 from dedgeai.scheduler.learner import SlotLearner, latent_to_memory
-from dedgeai.scheduler.numpy_actor import NumpyActor, latent_to_memory_np, softmax
+from dedgeai.scheduler.numpy_actor import NumpyActor, latent_to_memory_np
 
 POLICY_CLASSES: dict[str, type[SlotLearner]] = {
     "lad": LADTS,
@@ -223,24 +223,31 @@ class OnlinePolicy:
         rows = self._memory_view
         x_in = rows[index].copy() if rows is not None else None
         scores = self._numpy_actor.scores(state, x_in, noiseless=True)
-        masked = np.where(allowed, scores, -np.inf)
+        dqn = isinstance(self.learner, DQNTS)
+        # One exp for π (masked) and X_b[n] (softmax(x_0), unmasked): each NumPy call on
+        # arrays this small costs microseconds, more with cold caches.
+        weights = np.exp(scores - scores.max()) if not dqn else scores
+        masked = np.where(allowed, weights, 0.0 if not dqn else -np.inf)
         best = int(np.argmax(masked))
-        if isinstance(self.learner, DQNTS):
+        if dqn:
             probs = np.zeros(B, dtype=np.float32)
             probs[best] = 1.0
         else:
-            probs = softmax(masked).astype(np.float32)
+            cdf = np.cumsum(masked)
+            probs = (masked / cdf[-1]).astype(np.float32)
         action = best
-        if not argmax and not isinstance(self.learner, DQNTS):
+        if not argmax and not dqn:
             # Inverse CDF on one uniform draw: rng.choice costs ~20 µs per call.
-            cdf = np.cumsum(probs, dtype=np.float64)
             drawn = int(np.searchsorted(cdf, self._explore_rng.random() * cdf[-1], side="right"))
             action = drawn if drawn < B and allowed[drawn] else best  # masked: probability 0
         elif explore_epsilon > 0.0 and self._explore_rng.random() < explore_epsilon:
-            weights = allowed.astype(np.float64)
-            action = int(self._explore_rng.choice(B, p=weights / weights.sum()))
+            live = allowed.astype(np.float64)
+            action = int(self._explore_rng.choice(B, p=live / live.sum()))
         if rows is not None:
-            rows[index] = latent_to_memory_np(scores, self.switches.memory_pre_softmax)
+            if self.switches.memory_pre_softmax or dqn:
+                rows[index] = latent_to_memory_np(scores, self.switches.memory_pre_softmax)
+            else:
+                rows[index] = weights / weights.sum()  # = latent_to_memory_np(scores, False)
         if task_ids is not None:
             x = None if x_in is None else x_in[None]
             self._record(task_ids[:1], state[None], np.array([action]), x)

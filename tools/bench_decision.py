@@ -6,7 +6,8 @@ and in the scheduler's state) and acknowledge forwarded tasks. Submits tasks wit
 waiting and reads the agent's own decision timings (``cluster.decisions``, measured around
 state building + policy decision in ``Cluster.place``) from ``status``.
 
-    python tools/bench_decision.py --policy lad --tasks 2000 --json docs/bench_decision.json
+    python tools/bench_decision.py                       # lad and greedy, back to back
+    python tools/bench_decision.py --tasks 300 --interval 0 0.1   # and cold (one every 0.1 s)
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import msgpack
 import zmq
+from rich.console import Console
+from rich.table import Table
 
 from dedgeai.agent import protocol as p
 from dedgeai.agent.client import AgentClient
@@ -81,14 +84,9 @@ def _fake_peers(endpoints: list[str], stop: threading.Event) -> None:
         sock.close(0)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", default="lad")
-    parser.add_argument("--peers", type=int, default=8)
-    parser.add_argument("--tasks", type=int, default=2000)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    ports = _free_ports(args.peers + 1)
+def measure(policy: str, n_peers: int, tasks: int, interval_s: float) -> dict:
+    """One fresh agent with ``n_peers`` fake peers: its decision times over ``tasks`` submits."""
+    ports = _free_ports(n_peers + 1)
     me, peers = f"tcp://127.0.0.1:{ports[0]}", [f"tcp://127.0.0.1:{q}" for q in ports[1:]]
     stop = threading.Event()
     threading.Thread(target=_fake_peers, args=(peers, stop), daemon=True).start()
@@ -96,7 +94,7 @@ def main() -> int:
         config = Path(tmp) / "agent.toml"
         config.write_text(
             f'endpoint = "{me}"\nstate_dir = "{tmp}/state"\nmodel = "emulated"\n'
-            f'emulated_steps_per_second = 100000.0\npolicy = "{args.policy}"\n'
+            f'emulated_steps_per_second = 100000.0\npolicy = "{policy}"\n'
             f"peers = {json.dumps(peers)}\ngossip_interval_s = 0.5\nmax_queue = 100000\n"
             'log_level = "warning"\n'
         )
@@ -109,32 +107,68 @@ def main() -> int:
                 while time.monotonic() < deadline:
                     cluster = client.status()["cluster"]
                     up = [s for s in cluster["servers"] if s["state"] == "up"]
-                    if len(up) == args.peers + 1 and cluster["scheduler"]["ready"]:
+                    if len(up) == n_peers + 1 and cluster["scheduler"]["ready"]:
                         break
                     time.sleep(0.2)
                 request = GenerationRequest(prompt="bench", steps=10, width=512, height=512)
-                for _ in range(args.tasks):
+                for _ in range(tasks):
                     client.submit(request, wait=False)
+                    if interval_s:
+                        time.sleep(interval_s)
                 cluster = client.status()["cluster"]
         finally:
             proc.terminate()
             proc.wait(30)
             stop.set()
-    row = {
-        "policy": args.policy,
+    return {
+        "policy": policy,
         "servers": cluster["n_servers"],
+        "interval_s": interval_s,
         "decisions": cluster["decisions"],
         "fallback_decisions": cluster["scheduler"]["fallback_decisions"],
         "forwarded": cluster["forwarding"]["forwarded"],
     }
-    d = row["decisions"]
-    print(f"{'policy':<14}{'servers':>8}{'count':>8}{'p50 us':>10}{'p99 us':>10}{'max us':>10}")
-    print(
-        f"{args.policy:<14}{row['servers']:>8}{d['count']:>8}{d['p50_us']:>10.0f}"
-        f"{d['p99_us']:>10.0f}{d['max_us']:>10.0f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policies", nargs="+", default=["lad", "greedy"])
+    parser.add_argument("--peers", type=int, default=8)
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument(
+        "--interval",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="seconds between submits (0: back to back, caches hot; 0.05+: cold, as an "
+        "agent that decides now and then)",
     )
-    if args.json:
-        args.json.write_text(json.dumps(row, indent=2))
+    parser.add_argument("--json", type=Path, default=Path("runs/bench_decision.json"))
+    args = parser.parse_args()
+    rows = [
+        measure(policy, args.peers, args.tasks, interval)
+        for interval in args.interval
+        for policy in args.policies
+    ]
+    table = Table(title=f"scheduling decision inside the agent ({args.peers} peers)")
+    for name in ("policy", "servers", "submits every", "count", "p50", "p99", "max", "fallback"):
+        table.add_column(name, justify="left" if name == "policy" else "right")
+    for row in rows:
+        d = row["decisions"]
+        table.add_row(
+            row["policy"],
+            str(row["servers"]),
+            f"{row['interval_s'] * 1000:g} ms" if row["interval_s"] else "back to back",
+            str(d["count"]),
+            f"{d['p50_us']:.0f} µs",
+            f"{d['p99_us']:.0f} µs",
+            f"{d['max_us']:.0f} µs",
+            str(row["fallback_decisions"]),
+        )
+    Console().print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"wrote {args.json}")
     return 0
 
 
