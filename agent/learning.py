@@ -48,7 +48,7 @@ class SchedulerHost:
         train_steps_per_s: float = 2.0,
         learn_warmup: int = 300,
         seed: int = 0,
-        policy_actions: str = "argmax",
+        policy_actions: str = "sample",
         explore_epsilon: float = 0.02,
         capacities: CapacityProbe | None = None,
     ) -> None:
@@ -115,12 +115,24 @@ class SchedulerHost:
         from dedgeai.scheduler.online import ClusterScheduler
 
         try:
-            return ClusterScheduler(**self._kwargs, checkpoint=checkpoint, capacities=capacities)
+            built = ClusterScheduler(**self._kwargs, checkpoint=checkpoint, capacities=capacities)
         except SchedulerError as exc:
             hint = f"; delete {self.save_path} to start afresh" if checkpoint else ""
             raise ConfigError(
                 f"policy `{self.policy}` with {self.n_servers} server(s): {exc}{hint}"
             ) from exc
+        learned = getattr(built, "_learned", None)
+        flat = learned is not None and learned.method == "lad" and learned.switches.eps_softmax
+        if built.mean_path and flat:
+            log.warning(
+                "%s: a LAD actor with ε through a softmax (B7): its π is flat "
+                "(π_max ≲ 0.6), and drawing from it (policy_actions = sample) sends "
+                "tasks to slow servers; delete %s to warm-start afresh, or set "
+                "policy_actions = argmax",
+                checkpoint,
+                self.save_path,
+            )
+        return built
 
     def start(self) -> SchedulerHost:
         self._thread.start()

@@ -87,3 +87,21 @@ def test_policy_actions_decide_how_the_learned_policy_picks(
     assert scheduler.deterministic is deterministic
     assert scheduler.mean_path is drawn
     assert scheduler.explore_epsilon == epsilon
+
+
+def test_a_b7_lad_checkpoint_drawn_from_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older agent checkpoint (ε through a softmax) has a flat π: say so at load."""
+    from dedgeai.agent.learning import SchedulerHost
+    from dedgeai.scheduler.config import Switches
+    from dedgeai.scheduler.online import ClusterScheduler
+
+    checkpoint = tmp_path / "b7.pt"
+    assert ClusterScheduler("lad", 3, 0, switches=Switches(eps_softmax=True)).save(checkpoint)
+    host = SchedulerHost("lad", 3, 0, tmp_path, checkpoint=str(checkpoint), learn=False)
+    assert host.scheduler is not None and host.scheduler.mean_path
+    assert "B7" in caplog.text and "policy_actions = argmax" in caplog.text
+    caplog.clear()
+    SchedulerHost("lad", 3, 0, tmp_path, checkpoint=str(checkpoint), policy_actions="argmax")
+    assert "B7" not in caplog.text  # argmax: the flat π does not matter
