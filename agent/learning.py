@@ -78,6 +78,8 @@ class SchedulerHost:
         }
         self._pending_interval = False
         self._stop = threading.Event()
+        # DQN has no π to draw from: it always takes argmax of Q (with ε exploration).
+        argmax = policy_actions == "argmax" or policy == "dqn"
         self._kwargs = {
             "policy": policy,
             "n_servers": n_servers,
@@ -85,12 +87,9 @@ class SchedulerHost:
             "seed": seed,
             "learn": self.learn,
             "learn_config": self._learn_config(learn_warmup),
-            # DQN has no π to draw from: it always takes argmax of Q (with ε exploration).
-            "deterministic": policy_actions == "argmax" or policy == "dqn",
-            "explore_epsilon": explore_epsilon
-            if policy_actions == "argmax" or policy == "dqn"
-            else 0.0,
-            "mean_path": policy_actions == "sample",
+            "deterministic": argmax,
+            "explore_epsilon": explore_epsilon if argmax else 0.0,
+            "mean_path": not argmax,
         }
         self.scheduler: Any = None
         source = self.save_path if self.save_path.exists() else None
@@ -121,9 +120,7 @@ class SchedulerHost:
             raise ConfigError(
                 f"policy `{self.policy}` with {self.n_servers} server(s): {exc}{hint}"
             ) from exc
-        learned = getattr(built, "_learned", None)
-        flat = learned is not None and learned.method == "lad" and learned.switches.eps_softmax
-        if built.mean_path and flat:
+        if built.draws_from_capped_lad:
             log.warning(
                 "%s: a LAD actor with ε through a softmax (B7): its π is flat "
                 "(π_max ≲ 0.6), and drawing from it (policy_actions = sample) sends "

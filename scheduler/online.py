@@ -31,7 +31,7 @@ LEARNED = ("lad", "sac", "dqn")
 DENSITY_GCYCLES_PER_STEP = 0.2048  # middle of U[0.1024, 0.3072) Gcycles per step (§1.2)
 WARM_START_SAMPLES = 4096
 WARM_START_STEPS = 2000  # ~3 s of CPU at hidden 64 (measured: 300 left LAD at ~30 % agreement)
-SOFT_GREEDY_TEMPERATURE = 0.3  # x the best estimated finish (tools/bench_cluster.py; see docs)
+SOFT_GREEDY_TEMPERATURE = 0.3  # x the best estimated finish (tools/stale_gossip_sim.py)
 MIN_TEMPERATURE_S = 0.05  # floor of the best finish in the temperature (an idle cluster)
 
 
@@ -187,6 +187,18 @@ class ClusterScheduler:
     @property
     def learns(self) -> bool:
         return self._learned is not None and self._learn
+
+    @property
+    def draws_from_capped_lad(self) -> bool:
+        """Drawing from a LAD actor whose ε goes through a softmax (B7, e.g. an older
+        checkpoint): its π_max is about 0.6 at most, so draws often pick slow servers."""
+        learned = self._learned
+        return (
+            self.mean_path
+            and learned is not None
+            and learned.method == "lad"
+            and learned.switches.eps_softmax
+        )
 
     def start_interval(self) -> None:
         """A new gossip interval: LAD's in-interval task index n starts again at 0 (§2.3)."""

@@ -154,7 +154,8 @@ class OnlinePolicy:
         except that with probability ``explore_epsilon`` a uniformly drawn allowed server is
         taken instead, so online learning still sees other actions. With ``mean_path``
         (deployment, one task) the action is drawn from π of LAD's noiseless chain, the π its
-        warm start fitted (SAC: its π; DQN: argmax of Q).
+        warm start fitted (SAC: its π; DQN: argmax of Q); a batch (K > 1) is sampled as in
+        training.
         """
         states = np.atleast_2d(np.asarray(states, dtype=np.float32))
         K, B = states.shape[0], self.env.n_servers
@@ -224,15 +225,14 @@ class OnlinePolicy:
         x_in = rows[index].copy() if rows is not None else None
         scores = self._numpy_actor.scores(state, x_in, noiseless=True)
         dqn = isinstance(self.learner, DQNTS)
-        # One exp for π (masked) and X_b[n] (softmax(x_0), unmasked): each NumPy call on
-        # arrays this small costs microseconds, more with cold caches.
-        weights = np.exp(scores - scores.max()) if not dqn else scores
-        masked = np.where(allowed, weights, 0.0 if not dqn else -np.inf)
-        best = int(np.argmax(masked))
-        if dqn:
-            probs = np.zeros(B, dtype=np.float32)
-            probs[best] = 1.0
+        if dqn:  # no π: argmax of Q
+            best = int(np.argmax(np.where(allowed, scores, -np.inf)))
         else:
+            # One exp for π (masked) and X_b[n] (softmax(x_0), unmasked): each NumPy call on
+            # arrays this small costs microseconds, more with cold caches.
+            weights = np.exp(scores - scores.max())
+            masked = np.where(allowed, weights, 0.0)
+            best = int(np.argmax(masked))
             cdf = np.cumsum(masked)
             probs = (masked / cdf[-1]).astype(np.float32)
         action = best
@@ -243,15 +243,15 @@ class OnlinePolicy:
         elif explore_epsilon > 0.0 and self._explore_rng.random() < explore_epsilon:
             live = allowed.astype(np.float64)
             action = int(self._explore_rng.choice(B, p=live / live.sum()))
-        if rows is not None:
-            if self.switches.memory_pre_softmax or dqn:
-                rows[index] = latent_to_memory_np(scores, self.switches.memory_pre_softmax)
+        if rows is not None:  # LAD's X_b[n]
+            if self.switches.memory_pre_softmax:
+                rows[index] = latent_to_memory_np(scores, pre_softmax=True)
             else:
                 rows[index] = weights / weights.sum()  # = latent_to_memory_np(scores, False)
         if task_ids is not None:
             x = None if x_in is None else x_in[None]
             self._record(task_ids[:1], state[None], np.array([action]), x)
-        if isinstance(self.learner, DQNTS) and action != best:
+        if dqn:  # one-hot of the action taken (explored or not)
             probs = np.zeros(B, dtype=np.float32)
             probs[action] = 1.0
         return Decision(np.array([action]), probs[None])
@@ -357,8 +357,7 @@ class OnlinePolicy:
         """
         learner = self.learner
         s = torch.as_tensor(states, dtype=torch.float32)
-        soft = np.ndim(actions) == 2
-        if soft:
+        if np.ndim(actions) == 2:
             target = torch.as_tensor(actions, dtype=torch.float32)
         else:
             target = torch.nn.functional.one_hot(
@@ -395,11 +394,9 @@ class OnlinePolicy:
             # Noisy chain (D2SAC): expected accuracy, since one sample often gives the target
             # a probability near 0 and its log would swamp the gradient. Otherwise
             # cross-entropy: expected accuracy is content with the target tied with a
-            # runner-up (LAD's ε is a probability vector, so ties at the top are cheap).
-            # Masked servers have π = 0 and target 0: their log term is dropped.
+            # runner-up. Masked servers have π = 0 and target 0: their log term is dropped.
             logp = torch.where(qb > 0, logp[0], torch.zeros_like(logp[0]))
-            expected = (qb * logp.exp()).sum(-1) if noisy else None
-            loss = 1.0 - expected.mean() if expected is not None else -(qb * logp).sum(-1).mean()
+            loss = 1.0 - (qb * logp.exp()).sum(-1).mean() if noisy else -(qb * logp).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,5 +1,6 @@
 """The daemon-side cluster scheduler: heuristics, learned policies, masking, delayed rewards."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -96,22 +97,30 @@ def test_warm_start_beats_chance() -> None:
     assert agree / 300 > 0.45  # chance is 1/4
 
 
-def test_lad_warm_started_on_measured_capacities_follows_greedy() -> None:
-    """The state has backlogs in seconds but no speeds: given the measured capacities, the
-    fresh LAD actor's argmax deployment (its chain's mean path) learns where the fast
-    servers are. Same states, 8 servers as in the cluster benchmark."""
-    capacity = np.array([20, 10, 7.2, 12.8, 11.2, 8.4, 20, 6.8])
-    scheduler = ClusterScheduler("lad", 8, 0, seed=0, deterministic=True, capacities=capacity)
+def _live_decisions(
+    scheduler: ClusterScheduler, capacity: np.ndarray, n: int
+) -> Iterator[tuple[ClusterState, TaskSpec]]:
+    """States as in the cluster benchmark (8 servers, often idle, up to 8 s of backlog) and
+    its tasks, with a new gossip interval every 4 decisions; the same ones every call."""
     rng = np.random.default_rng(12)
-    agree, regret = 0, []
-    for i in range(300):
+    for i in range(n):
         if i % 4 == 0:
             scheduler.start_interval()
         idle = rng.uniform(size=8) < 0.4
         backlog = np.where(idle, 0.0, rng.uniform(0, 8, 8)) * capacity
         load = np.where(rng.uniform(size=8) < 0.6, 0.0, rng.uniform(0, 2, 8)) * capacity
         cluster = ClusterState(0, backlog, load, capacity, np.ones(8, dtype=bool))
-        task = TaskSpec(float(rng.integers(10, 20)), 0.002)
+        yield cluster, TaskSpec(float(rng.integers(10, 20)), 0.002)
+
+
+def test_lad_warm_started_on_measured_capacities_follows_greedy() -> None:
+    """The state has backlogs in seconds but no speeds: given the measured capacities, the
+    fresh LAD actor's argmax deployment (its chain's mean path) learns where the fast
+    servers are. Same states, 8 servers as in the cluster benchmark."""
+    capacity = np.array([20, 10, 7.2, 12.8, 11.2, 8.4, 20, 6.8])
+    scheduler = ClusterScheduler("lad", 8, 0, seed=0, deterministic=True, capacities=capacity)
+    agree, regret = 0, []
+    for cluster, task in _live_decisions(scheduler, capacity, 300):
         finish = estimated_finish_s(task, cluster)
         target = scheduler.decide(task, cluster).target
         agree += target == int(np.argmin(finish))
@@ -171,16 +180,8 @@ def test_fresh_lad_drawn_decisions_fit_the_soft_greedy_teacher() -> None:
     scheduler = ClusterScheduler("lad", 8, 0, seed=0, mean_path=True, capacities=capacity)
     assert scheduler._learned is not None
     assert scheduler._learned.switches.eps_softmax is False
-    rng = np.random.default_rng(12)
     extra, kl = [], []
-    for i in range(200):
-        if i % 4 == 0:
-            scheduler.start_interval()
-        idle = rng.uniform(size=8) < 0.4
-        backlog = np.where(idle, 0.0, rng.uniform(0, 8, 8)) * capacity
-        load = np.where(rng.uniform(size=8) < 0.6, 0.0, rng.uniform(0, 2, 8)) * capacity
-        cluster = ClusterState(0, backlog, load, capacity, np.ones(8, dtype=bool))
-        task = TaskSpec(float(rng.integers(10, 20)), 0.002)
+    for cluster, task in _live_decisions(scheduler, capacity, 200):
         finish = estimated_finish_s(task, cluster)
         teacher = soft_greedy(finish[None])[0]
         placement = scheduler.decide(task, cluster)
