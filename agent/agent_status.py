@@ -49,6 +49,8 @@ def status_body(daemon: AgentDaemon, now: float) -> dict[str, Any]:
         "telemetry": daemon.telemetry_dict(),
         "queue": {
             "queued": len(core.queue),
+            "held": len(core.held),  # forwarded here, waiting for their origin to ask again
+            "owned": core.owned(),  # what admission counts against max_queue
             "max_queue": core.max_queue,
             "running": running.id if running else None,
             "running_step": running.step if running else None,
@@ -61,5 +63,12 @@ def status_body(daemon: AgentDaemon, now: float) -> dict[str, Any]:
             **daemon._profile_state,
         },
         "counters": dict(core.counters),
+        "storage": {
+            "ok": core.storage_error is None,
+            "error": core.storage_error,
+            "unsaved": len(daemon._unsaved),
+            "corrupt_rows": daemon.journal.corrupt_rows(),
+        },
+        "retention": daemon.store.retention_summary(now),
         "cluster": daemon.cluster.status(now) if daemon.cluster is not None else None,
     }

@@ -1,9 +1,13 @@
 """`dedgeai agent run|config` and the client commands `submit`, `status`, `tasks`, `result`,
 `cancel`: thin wrappers over ``dedgeai.agent.client`` and ``dedgeai.agent.service``.
 
-Exit codes (``ExitCode``): 0 done · 1 internal error · 2 bad input, unknown task or bad
-configuration · 3 agent busy or shutting down · 4 task failed or cancelled · 5 agent
-unreachable (after the timeout and retries).
+Exit codes (``ExitCode``): 0 done · 1 internal error, or a malformed reply from the agent ·
+2 bad input, unknown task, bad configuration or forbidden · 3 agent busy, shutting down or out of storage ·
+4 task failed or cancelled · 5 agent unreachable (after the timeout and retries).
+
+Nothing an agent sends is trusted: remote text is shown through ``render`` (never as rich
+markup, control characters replaced), the fields used are type-checked, and file names are
+built only from the task id the user typed or this CLI chose, never from a reply.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +25,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
+from rich.text import Text
 
 from dedgeai.agent import render
 from dedgeai.agent.client import DEFAULT_TIMEOUT_S, ENDPOINT_ENV, AgentClient
@@ -27,14 +34,16 @@ from dedgeai.agent.errors import (
     AgentBusy,
     ConfigError,
     DedgeaiError,
+    ErrorCode,
     HandshakeFailed,
     PeerUnavailable,
+    ProtocolError,
     RemoteError,
     TaskFailed,
     TaskNotFound,
 )
 from dedgeai.agent.exit_codes import ExitCode
-from dedgeai.agent.protocol import Reply
+from dedgeai.agent.protocol import Reply, TaskId, new_task_id
 from dedgeai.agent.security import CLIENT_KEYS_ENV, SERVER_KEY_ENV, ClientSecurity
 from dedgeai.models.backend import MAX_SEED, GenerationRequest
 from dedgeai.models.errors import InvalidRequest
@@ -80,8 +89,25 @@ ClientKeysOpt = Annotated[
     ),
 ]
 
-# RemoteError codes that mean "the caller asked for something wrong".
-_BAD_INPUT_CODES = {"bad_frame", "bad_version", "bad_type", "bad_field", "already_finished"}
+# RemoteError codes that mean "the caller asked for something wrong" (or may not ask it).
+_BAD_INPUT_CODES = {
+    "bad_frame",
+    "bad_version",
+    "bad_type",
+    "bad_field",
+    "already_finished",
+    "forbidden",
+}
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_NOT_ID_CHARS = re.compile("[^0-9a-f-]")
+
+
+def _fail(label: str, style: str, message: object, code: ExitCode) -> typer.Exit:
+    # Messages carry remote text (an agent's error message, a peer's name): never markup.
+    err.print(
+        Text.assemble((f"{render.clean(label, 64)}:", style), " ", render.clean(str(message)))
+    )
+    return typer.Exit(code)
 
 
 @contextlib.contextmanager
@@ -90,33 +116,28 @@ def exit_on_errors() -> Iterator[None]:
     try:
         yield
     except HandshakeFailed as exc:
-        err.print(f"[red]refused:[/] {exc}")
-        raise typer.Exit(ExitCode.BAD_INPUT) from exc
+        raise _fail("refused", "red", exc, ExitCode.BAD_INPUT) from exc
     except (ConfigError, InvalidRequest) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(ExitCode.BAD_INPUT) from exc
+        raise _fail("error", "red", exc, ExitCode.BAD_INPUT) from exc
     except PeerUnavailable as exc:
-        err.print(f"[red]unreachable:[/] {exc}")
-        raise typer.Exit(ExitCode.UNREACHABLE) from exc
+        raise _fail("unreachable", "red", exc, ExitCode.UNREACHABLE) from exc
+    except ProtocolError as exc:
+        raise _fail("bad reply", "red", exc, ExitCode.INTERNAL) from exc
     except AgentBusy as exc:
-        err.print(f"[yellow]busy:[/] {exc.message}")
-        raise typer.Exit(ExitCode.BUSY) from exc
+        raise _fail("busy", "yellow", exc.message, ExitCode.BUSY) from exc
     except TaskFailed as exc:
-        err.print(f"[red]{exc.code}:[/] {exc.message}")
-        raise typer.Exit(ExitCode.TASK_FAILED) from exc
+        raise _fail(exc.code, "red", exc.message, ExitCode.TASK_FAILED) from exc
     except TaskNotFound as exc:
-        err.print(f"[red]not found:[/] {exc.message}")
-        raise typer.Exit(ExitCode.BAD_INPUT) from exc
+        raise _fail("not found", "red", exc.message, ExitCode.BAD_INPUT) from exc
     except RemoteError as exc:
-        err.print(f"[red]{exc.code}:[/] {exc.message}")
+        code = ExitCode.INTERNAL
         if exc.code in _BAD_INPUT_CODES:
-            raise typer.Exit(ExitCode.BAD_INPUT) from exc
-        if exc.code == "shutting_down":
-            raise typer.Exit(ExitCode.BUSY) from exc
-        raise typer.Exit(ExitCode.INTERNAL) from exc
+            code = ExitCode.BAD_INPUT
+        elif exc.code in ("shutting_down", "storage"):  # both pass: retry later
+            code = ExitCode.BUSY
+        raise _fail(exc.code, "red", exc.message, code) from exc
     except DedgeaiError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(ExitCode.INTERNAL) from exc
+        raise _fail("error", "red", exc, ExitCode.INTERNAL) from exc
 
 
 def _overrides(items: list[str] | None) -> dict[str, Any]:
@@ -155,6 +176,27 @@ def _client(
     return AgentClient(agent, timeout_s=timeout, security=security)
 
 
+def _task_id(task: str) -> TaskId:
+    """The task id the user typed, as the canonical UUID the agent uses."""
+    try:
+        return TaskId(str(uuid.UUID(task)))
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"task id {task!r} is not a UUID; `dedgeai tasks` lists the ids"
+        ) from exc
+
+
+def _default_png_path(task: TaskId) -> Path:
+    # Built from an id this CLI chose or validated; sanitised again all the same, because a
+    # file name must never come from what an agent sent.
+    stem = _NOT_ID_CHARS.sub("", task.lower())[:8] or "result"
+    return Path(f"dedgeai-{stem}.png")
+
+
+def _print_json(body: object) -> None:
+    print(json.dumps(render.jsonable(body), indent=2))
+
+
 def _parse_size(size: str) -> tuple[int, int]:
     width, sep, height = size.lower().partition("x")
     if not sep or not width.isdigit() or not height.isdigit():
@@ -184,21 +226,36 @@ class _ProgressView:
     def __call__(self, reply: Reply) -> None:
         if self.progress is None or self.bar is None:
             return
-        if reply.type == "accepted" or reply.get("stage") == "queued":
-            text = f"queued (position {reply.get('position')})"
+        stage, step = reply.get("stage"), render.number(reply.get("step"))
+        if reply.type == "accepted" or stage == "queued":
+            # The description is rich markup: only digits or "?" go in.
+            position = reply.get("position")
+            shown = (
+                position if isinstance(position, int) and not isinstance(position, bool) else "?"
+            )
+            text = f"queued (position {shown})"
             self.progress.update(self.bar, description=text)
-        elif reply.get("stage") == "denoise":
-            self.progress.update(self.bar, description="denoising", completed=reply.get("step"))
-        elif reply.get("stage") == "decode":
-            self.progress.update(self.bar, description="decoding", completed=reply.get("step"))
+        elif stage in ("denoise", "decode"):
+            text = "denoising" if stage == "denoise" else "decoding"
+            self.progress.update(self.bar, description=text, completed=step)
 
 
-def _save(done: Reply, out_path: Path | None) -> Path | None:
+def _steps(reply: Reply) -> int:
+    steps = reply.get("steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else 1
+
+
+def _save(done: Reply, out_path: Path | None, task: TaskId) -> Path | None:
     if not done.png:
         return None  # emulated backend: no image
-    path = out_path or Path(f"dedgeai-{done.get('task', 'result')[:8]}.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(done.png)
+    if not done.png.startswith(_PNG_MAGIC):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "the agent sent an image that is not a PNG")
+    path = out_path or _default_png_path(task)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(done.png)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write the image to {path}: {exc.strerror}") from exc
     return path
 
 
@@ -207,13 +264,13 @@ def _report(done: Reply, path: Path | None, client_total_s: float | None, as_jso
         body = {**done.fields, "path": str(path) if path else None}
         if client_total_s is not None:
             body["client_total_s"] = client_total_s
-        print(json.dumps(body, indent=2, default=str))
+        _print_json(body)
         return
     out.print(render.done_table(done.fields, client_total_s))
     if path is not None:
-        out.print(f"image: [bold]{path}[/]")
+        out.print(Text.assemble("image: ", (str(path), "bold")))
     else:
-        out.print("[yellow]no image: the agent runs the EMULATED backend[/]")
+        out.print(Text("no image: the agent runs the EMULATED backend", style="yellow"))
 
 
 def submit(
@@ -243,21 +300,22 @@ def submit(
             guidance=guidance,
             seed=random.randint(0, MAX_SEED) if seed is None else seed,
         ).validate()
+        task = new_task_id()  # chosen here: the reply must name it (AgentClient.submit)
         with _client(agent, timeout, server_key, client_keys) as client:
             started = time.perf_counter()
             if no_wait:
-                accepted = client.submit(request, wait=False)
+                accepted = client.submit(request, task=task, wait=False)
                 if as_json:
-                    print(json.dumps(accepted.fields))
+                    print(json.dumps(render.jsonable(accepted.fields)))
                 else:
-                    print(accepted.get("task"))
+                    print(task)
                 return
             show = not as_json and err.is_terminal
             with _progress() if show else contextlib.nullcontext() as progress:
                 view = _ProgressView(progress, request.steps)
-                _accepted, done = client.generate(request, view)
+                _accepted, done = client.generate(request, view, task=task)
             total_s = time.perf_counter() - started
-        _report(done, _save(done, out_path), total_s, as_json)
+        _report(done, _save(done, out_path, task), total_s, as_json)
 
 
 def status(
@@ -271,10 +329,10 @@ def status(
     with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
         body = client.status()
     if as_json:
-        print(json.dumps(body, indent=2, default=str))
+        _print_json(body)
     else:
         out.print(render.status_table(body))
-        if body.get("cluster"):
+        if render.mapping(body.get("cluster")):
             out.print(render.cluster_table(body["cluster"]))
 
 
@@ -293,7 +351,7 @@ def tasks(
     with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
         rows = client.tasks(limit, state)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        _print_json(rows)
     else:
         out.print(render.tasks_table(rows, time.time()))
 
@@ -311,25 +369,29 @@ def result(
     client_keys: ClientKeysOpt = None,
 ) -> None:
     """Fetch a task's PNG and timings (waits for it unless --no-wait)."""
-    with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
-        reply = client.result(task, wait=wait)
-        if reply.type == "progress" and wait:
-            show = not as_json and err.is_terminal
-            with _progress() if show else contextlib.nullcontext() as progress:
-                view = _ProgressView(progress, reply.get("steps") or 1)
-                view(reply)
-                reply = client.wait(reply.get("task"), view)
-    if reply.type == "progress":  # --no-wait on an unfinished task
-        if as_json:
-            print(json.dumps({"type": reply.type, **reply.fields}))
-        else:
-            stage, step, steps = reply.get("stage"), reply.get("step"), reply.get("steps")
-            where = (
-                f"position {reply.get('position')}" if stage == "queued" else f"step {step}/{steps}"
-            )
-            out.print(f"{task}: {stage} ({where})")
-        return
-    _report(reply, _save(reply, out_path), None, as_json)
+    with exit_on_errors():
+        task_id = _task_id(task)
+        with _client(agent, timeout, server_key, client_keys) as client:
+            reply = client.result(task_id, wait=wait)
+            if reply.type not in ("done", "progress"):
+                raise client.malformed(f"`{reply.type}` in answer to `result`")
+            if reply.type == "progress" and wait:
+                show = not as_json and err.is_terminal
+                with _progress() if show else contextlib.nullcontext() as progress:
+                    view = _ProgressView(progress, _steps(reply))
+                    view(reply)
+                    reply = client.wait(task_id, view)
+        if reply.type == "progress":  # --no-wait on an unfinished task
+            if as_json:
+                print(json.dumps(render.jsonable({"type": reply.type, **reply.fields})))
+            else:
+                stage = render.text(reply.get("stage"))
+                step, steps = render.text(reply.get("step")), render.text(reply.get("steps"))
+                position = render.text(reply.get("position"))
+                where = f"position {position}" if stage == "queued" else f"step {step}/{steps}"
+                out.print(Text(f"{task_id}: {stage} ({where})"))
+            return
+        _report(reply, _save(reply, out_path, task_id), None, as_json)
 
 
 def cancel(
@@ -340,9 +402,11 @@ def cancel(
     client_keys: ClientKeysOpt = None,
 ) -> None:
     """Cancel a queued task, or a running one at its next step."""
-    with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
-        reply = client.cancel(task)
-    out.print(f"{reply.get('task')}: {reply.get('state')}")
+    with exit_on_errors():
+        task_id = _task_id(task)
+        with _client(agent, timeout, server_key, client_keys) as client:
+            reply = client.cancel(task_id)
+    out.print(Text(f"{task_id}: {render.text(reply.get('state'))}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,9 @@
 """`dedgeai keys generate|show|authorize|list`: the CURVE key pair and the authorized keys.
 
+Each authorized key has a role (``client``, ``peer`` or ``admin``: ``--role``, default
+client): clients submit and see their own tasks, peers also forward tasks and gossip,
+admins see and cancel every task (``agent/authority.py``).
+
 Keys live where the agent reads them: ``keys_dir`` and ``authorized_keys_dir`` of its
 configuration (``--config``, else the default file), or ``--dir`` for both (keys in DIR,
 authorized keys in DIR/authorized_keys). Exit codes: 0 done · 2 bad input (a key pair
@@ -21,6 +25,8 @@ from dedgeai.agent.cli_agent import ConfigOpt, JsonOpt, exit_on_errors
 from dedgeai.agent.config import load_config
 from dedgeai.agent.keys import (
     AUTHORIZED_DIR,
+    DEFAULT_ROLE,
+    Role,
     authorize,
     authorized_keys,
     fingerprint,
@@ -94,13 +100,25 @@ def authorize_command(
     name: Annotated[
         str | None, typer.Option("--name", "-n", help="File name in authorized_keys.")
     ] = None,
+    role: Annotated[
+        Role,
+        typer.Option(
+            "--role",
+            "-r",
+            help="client: submit, own tasks · peer: another agent · admin: every task.",
+        ),
+    ] = Role(DEFAULT_ROLE),
     directory: DirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Allow a peer or client: copy its public key into authorized_keys (no restart needed)."""
+    """Allow a peer or client: copy its public key into authorized_keys (no restart needed).
+
+    Authorizing a key again with another --role changes its role.
+    """
     with exit_on_errors():
-        target = authorize(_where(directory, config).authorized_keys_dir, public_key, name)
-    out.print(f"authorized: {target}", soft_wrap=True)
+        where = _where(directory, config).authorized_keys_dir
+        target = authorize(where, public_key, name, role=role.value)
+    out.print(Text(f"authorized as {role.value}: {target}"), soft_wrap=True)
 
 
 @app.command("list")
@@ -114,6 +132,7 @@ def list_command(
     rows = [
         {
             "name": e.name,
+            "role": e.role if e.public else None,
             "public_key": e.public.decode() if e.public else None,
             "fingerprint": fingerprint(e.public) if e.public else None,
             "path": str(e.path),
@@ -123,12 +142,13 @@ def list_command(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"authorized keys in {keys.authorized_keys_dir}")
-    for column in ("name", "public key", "fingerprint"):
+    table = Table(title=Text(f"authorized keys in {keys.authorized_keys_dir}"))
+    for column in ("name", "role", "public key", "fingerprint"):
         table.add_column(column)
     for row in rows:
         key = Text(row["public_key"]) if row["public_key"] else Text("invalid", style="red")
-        table.add_row(row["name"], key, row["fingerprint"] or "")  # Z85 has "[": not markup
+        # Z85 has "[" and file names may too: Text, never markup.
+        table.add_row(Text(row["name"]), row["role"] or "-", key, row["fingerprint"] or "")
     out.print(table)
     if not rows:
         out.print("none: only this agent's own key is accepted")

@@ -8,6 +8,8 @@ While waiting for a task, silence is answered with ``result {wait: true}``, whic
 checks that the agent is alive and re-subscribes after a reconnect or an agent restart.
 With ``security`` the DEALER is a CURVE client; every connection's handshake is watched,
 so a refused key (or a CURVE/plain mismatch) raises HandshakeFailed at once, not a timeout.
+The agent is not trusted either: replies are capped in size, and a reply whose fields the
+client relies on are of the wrong type raises ProtocolError instead of a TypeError later.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +25,13 @@ import zmq
 
 from dedgeai.agent import protocol as p
 from dedgeai.agent.config import DEFAULT_ENDPOINT
-from dedgeai.agent.errors import PeerUnavailable, remote_error
+from dedgeai.agent.errors import (
+    ErrorCode,
+    PeerUnavailable,
+    ProtocolError,
+    RemoteError,
+    remote_error,
+)
 from dedgeai.agent.protocol import Reply, TaskId
 from dedgeai.agent.security import ClientSecurity, HandshakeMonitor
 from dedgeai.models.backend import GenerationRequest
@@ -30,6 +39,9 @@ from dedgeai.models.backend import GenerationRequest
 DEFAULT_TIMEOUT_S = 3.0
 DEFAULT_RETRIES = 3
 ENDPOINT_ENV = "DEDGEAI_AGENT"
+# Larger replies are dropped by libzmq (the connection with them): a `done` carries a PNG
+# (a 2048x2048 one is at most ~13 MB), nothing else comes near.
+MAX_REPLY_BYTES = 64 * p.MAX_FRAME_BYTES
 
 ProgressCallback = Callable[[Reply], None]
 
@@ -61,6 +73,7 @@ class AgentClient:
     def _connect(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
         if self.security is not None:
             self.security.apply(sock)
         key_path = self.security.keys.public_path if self.security else None
@@ -119,13 +132,24 @@ class AgentClient:
                     break
                 if reply.id == message["id"]:
                     if raise_errors and reply.type == "error":
-                        raise remote_error(
-                            reply.get("code"), reply.get("message"), reply.get("task")
-                        )
+                        raise self._error(reply, message.get("task"))
                     return reply
                 # Anything else is a late reply or progress from an earlier exchange.
             self._reconnect()
         raise PeerUnavailable(self.endpoint, self.timeout_s, self.retries)
+
+    def _error(self, reply: Reply, task: str | None) -> RemoteError:
+        """The RemoteError an ``error`` reply stands for; its code and message checked."""
+        code, text = reply.get("code"), reply.get("message")
+        if not isinstance(code, str) or not isinstance(text, str):
+            raise self.malformed("an `error` reply needs string `code` and `message`")
+        return remote_error(code, text, task)
+
+    def malformed(self, why: str) -> ProtocolError:
+        """The error for a reply that breaks the protocol (a buggy or hostile agent)."""
+        return ProtocolError(
+            ErrorCode.BAD_FIELD, f"the agent at {self.endpoint} sent a malformed reply: {why}"
+        )
 
     # --- API -----------------------------------------------------------------------
 
@@ -136,7 +160,10 @@ class AgentClient:
         message: dict[str, Any] = {"type": "tasks", "limit": limit}
         if state is not None:
             message["state"] = state
-        return list(self.request(message).get("tasks", []))
+        rows = self.request(message).get("tasks")
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise self.malformed("`tasks` must be a list of maps")
+        return rows
 
     def cancel(self, task: str) -> Reply:
         return self.request({"type": "cancel", "task": task})
@@ -152,16 +179,24 @@ class AgentClient:
         wait: bool = True,
         origin: str | None = None,
     ) -> Reply:
-        """Queue a task; returns ``accepted``. Raises AgentBusy, RemoteError, PeerUnavailable."""
+        """Queue a task; returns ``accepted``. Raises AgentBusy, RemoteError, PeerUnavailable.
+
+        The reply must name the task id this client chose (``task`` or a new one): an agent
+        answering with another id is a ProtocolError, never followed.
+        """
+        task = task or p.new_task_id()
         message: dict[str, Any] = {
             "type": "submit",
             **p.request_to_wire(request),
-            "task": task or p.new_task_id(),
+            "task": task,
             "wait": wait,
         }
         if origin is not None:
             message["origin"] = origin
-        return self.request(message)
+        accepted = self.request(message)
+        if accepted.type != "accepted" or not same_task(accepted.get("task"), task):
+            raise self.malformed(f"`{accepted.type}` for another task than {task}")
+        return accepted
 
     def wait(self, task: str, on_progress: ProgressCallback | None = None) -> Reply:
         """Block until ``task`` ends: returns ``done``; raises TaskFailed or PeerUnavailable."""
@@ -171,12 +206,14 @@ class AgentClient:
                 # Silence: ask again. This re-subscribes (after a reconnect or agent restart)
                 # and its answer proves the agent is alive; request() itself retries.
                 reply = self.result(task, wait=True)
-            if reply.get("task") != task:
-                continue
+                if not same_task(reply.get("task"), task):  # else we would ask forever
+                    raise self.malformed(f"`{reply.type}` for another task than {task}")
+            elif not same_task(reply.get("task"), task):
+                continue  # a late message about an earlier task
             if reply.type == "done":
                 return reply
             if reply.type == "error":
-                raise remote_error(reply.get("code"), reply.get("message"), task)
+                raise self._error(reply, task)
             if reply.type == "progress" and on_progress is not None:
                 on_progress(reply)
 
@@ -187,7 +224,18 @@ class AgentClient:
         task: TaskId | None = None,
     ) -> tuple[Reply, Reply]:
         """Submit and wait: returns (accepted, done)."""
+        task = task or p.new_task_id()
         accepted = self.submit(request, task=task, wait=True)
         if on_progress is not None:
             on_progress(accepted)
-        return accepted, self.wait(accepted.get("task"), on_progress)
+        return accepted, self.wait(task, on_progress)
+
+
+def same_task(value: Any, task: str) -> bool:
+    """Whether a remote ``task`` field names ``task`` (both as canonical UUIDs)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return uuid.UUID(value) == uuid.UUID(task)
+    except ValueError:
+        return value == task

@@ -23,6 +23,7 @@ import numpy as np
 import zmq
 
 from dedgeai.agent import protocol as p
+from dedgeai.agent.authority import Authority
 from dedgeai.agent.config import AgentConfig
 from dedgeai.agent.core import AgentCore, Effect, Route, Send
 from dedgeai.agent.discovery import Discovery, Found, admit
@@ -35,6 +36,7 @@ from dedgeai.agent.gossip import (
     read_peer_reply,
     version_refusal,
 )
+from dedgeai.agent.gossip_sanity import sanitize_report
 from dedgeai.agent.keys import fingerprint
 from dedgeai.agent.learning import SchedulerHost
 from dedgeai.agent.peer_security import NEXT, OK, REFUSED, PeerSecurity, split_peer
@@ -50,6 +52,8 @@ REQUEST_OVERHEAD_BYTES = 200  # envelope and fields of a forwarded submit, beyon
 DECISION_SAMPLES = 4096  # scheduling latencies kept for the status percentiles
 QUIET_INTERVALS = 3  # a forwarded task silent this many gossip intervals is asked again
 HOLD_INTERVALS = 10  # a resumed forwarded task its origin (up) has not asked for is dropped
+HINT_EVERY_S = 0.2  # at most this often, a peer's own gossip makes us ask it at once
+HOLD_MAX_S = 3600.0  # ... and one whose origin never comes back, after this long
 
 
 def node_seed(node: str) -> int:
@@ -135,6 +139,8 @@ class Cluster:
         self.last_gossip = 0.0
         self.decision_s: deque[float] = deque(maxlen=DECISION_SAMPLES)
         self.up_at: dict[int, float] = {}  # when each peer last came up
+        self.hinted_at: dict[int, float] = {}  # last gossip sent early on a peer's hint
+        self.authority: Authority | None = None  # set by the daemon: mDNS peers join it
         core.placer = self.place
         core.identity = {"node": core.node, "name": config.display_name, "endpoint": endpoint}
 
@@ -212,14 +218,25 @@ class Cluster:
     # --- messages --------------------------------------------------------------------
 
     def on_gossip(self, route: Route, msg: p.Gossip, now: float) -> list[Effect]:
-        """A peer's gossip on our ROUTER: it is alive; answer with ours (and its echo)."""
-        node, endpoint = msg.body.get("node"), msg.body.get("endpoint")
-        peer = self.table.by_node(str(node)) or next(
-            (q for q in self.table if q.endpoint == endpoint), None
+        """A peer's gossip on our ROUTER: answered with ours (and its echo).
+
+        What it says about itself is not stored: anyone allowed to gossip could claim to be
+        any node. The peer table learns only from the replies on the link this agent opened
+        to each peer's endpoint (with CURVE, to the key that endpoint proved it holds). It
+        is a hint, though: a peer that says it restarted, or that we do not see up, is asked
+        at once on our link, so a restart is noticed within a round trip, not an interval.
+        """
+        body = msg.body
+        peer = self.table.by_node(str(body.get("node"))) or next(
+            (q for q in self.table if q.endpoint == body.get("endpoint")), None
         )
-        if peer is not None and peer.state is not PeerState.REFUSED:  # only our link clears it
-            self._heard(peer.slot, Heard(now, msg.body), now)
-        reply = p.envelope("gossip", msg.id, **self.body(now), echo_sent_at=msg.body["sent_at"])
+        news = peer is not None and (
+            peer.state is not PeerState.UP or peer.info.get("started_at") != body.get("started_at")
+        )
+        if news and now - self.hinted_at.get(peer.slot, float("-inf")) >= HINT_EVERY_S:
+            self.hinted_at[peer.slot] = now
+            self.links.send(peer.slot, gossip_message(self.body(now)))
+        reply = p.envelope("gossip", msg.id, **self.body(now), echo_sent_at=body["sent_at"])
         return [Send(route, reply)]
 
     def _handshakes(self, ready: dict[zmq.Socket, int], now: float) -> list[Effect]:
@@ -260,10 +277,18 @@ class Cluster:
             info, rtt = None, None
             if reply.type == "gossip":
                 info = {k: v for k, v in reply.fields.items() if k != "echo_sent_at"}
+                info, why = sanitize_report(
+                    self.table.by_slot[slot].info or None, info, self._capacity()
+                )
+                if why:
+                    log.warning("slot %d gossip: %s", slot, "; ".join(why))
                 echo = reply.get("echo_sent_at")
                 rtt = now - echo if isinstance(echo, (int, float)) else None
-            self._heard(slot, Heard(now, info, rtt), now)
-            effects += self.forwarding.on_reply(slot, reply, now)
+            try:  # a bug (or a reply no check foresaw) costs that reply, not the agent
+                self._heard(slot, Heard(now, info, rtt), now)
+                effects += self.forwarding.on_reply(slot, reply, now)
+            except Exception:
+                log.exception("slot %d: could not handle its %s reply", slot, reply.type)
         return effects
 
     def _heard(self, slot: int, event: Heard, now: float) -> None:
@@ -278,6 +303,8 @@ class Cluster:
         if old is not PeerState.UP and new is PeerState.UP:
             self.up_at[slot] = now
             self.links.healthy(slot)
+            for task in self.forwarding.take_tombstones(slot):
+                self.links.send(slot, cancel_message(task))  # it may hold them, frozen
             log.info("peer %s (slot %d) is up", self.table.by_slot[slot].endpoint, slot)
 
     def _incompatible(self, slot: int, error: str, now: float) -> list[Effect]:
@@ -315,6 +342,17 @@ class Cluster:
             effects += self.forward(task, now)
         return effects
 
+    def resumed_from_pause(self, now: float) -> None:
+        """This agent was frozen: its peers' silence meanwhile says nothing about them.
+
+        Each peer, and each forward awaiting an answer, gets a fresh grace period from now:
+        otherwise the first tick after a freeze would mark every peer down and run their
+        tasks a second time here.
+        """
+        self.table.forgive_(now)
+        self.forwarding.forgive(now)
+        self.last_gossip = 0.0  # gossip at once: the peers hear from us again
+
     def _release_unclaimed(self, now: float) -> list[Effect]:
         """Resumed forwarded tasks whose origin, up for a while, has not asked for them again.
 
@@ -327,6 +365,11 @@ class Cluster:
         for task_id, since in list(self.core.held.items()):
             task = self.core.tasks.get(task_id)
             peer = self.table.by_node(str(task.origin)) if task is not None else None
+            if now - since > HOLD_MAX_S:
+                why = f"not run: its origin did not ask for it again within {HOLD_MAX_S:g} s"
+                log.info("task %s: %s", task_id, why)
+                effects += self.core.release_held(task_id, now, why)
+                continue
             if peer is None or peer.state is not PeerState.UP:
                 continue  # keep it: its origin may still ask for it when it is back
             if now - max(since, self.up_at.get(peer.slot, since)) > wait:
@@ -358,6 +401,8 @@ class Cluster:
         if security is not None and decision.key is not None:
             security.pin(found.endpoint, *decision.key)
         slot = decision.slot
+        if self.authority is not None:
+            self.authority.add_peer_endpoint(found.endpoint)
         self.table.by_slot[slot] = Peer(slot, found.endpoint, since=now, discovered=True)
         self.links.add(slot, found.endpoint)
         log.info("mDNS: peer %s (%s) takes slot %d", found.endpoint, found.node, slot)
@@ -371,6 +416,8 @@ class Cluster:
             return []
         slot = int(live.placement["target"])
         if self.links.send(slot, forward_message(live)):
+            if live.cancel_requested:  # a cancel journaled before a crash, or lost on the way
+                self.links.send(slot, cancel_message(live))
             self.forwarding.sent(live, now)
             return []
         track = self.forwarding.outstanding.get(live.id)
@@ -382,9 +429,18 @@ class Cluster:
         self.links.send(int(task.placement["target"]), cancel_message(task))
 
     def completed(self, task: TaskRecord) -> None:
-        """A task that this agent placed ended: its service delay is the policy's reward."""
-        if task.origin == self.core.node and task.finished_at and "policy" in task.placement:
+        """A task that this agent placed ended: its service delay is the policy's reward.
+
+        Only a task that ran to completion says how fast its server is: a cancelled or
+        failed one (its "delay" is the time to the cancel) would teach the policy that the
+        server a client cancels on is fast.
+        """
+        if task.origin != self.core.node or "policy" not in task.placement:
+            return
+        if task.state is TaskState.DONE and task.finished_at:
             self.host.complete(task.id, task.finished_at - task.submitted_at)
+        else:
+            self.host.abandon(task.id)
 
     # --- scheduling ------------------------------------------------------------------
 

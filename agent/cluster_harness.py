@@ -307,7 +307,8 @@ class LocalCluster:
         return (
             len(peers) >= len(self.agents) - 1
             and all(s.get("state") == "up" for s in peers)
-            and bool(scheduler.get("ready", True))
+            # a policy that failed to warm up leaves greedy deciding: nothing more to wait for
+            and (bool(scheduler.get("ready", True)) or scheduler.get("state") == "failed")
         )
 
     def wait_peers_up(self, timeout_s: float = 60.0) -> None:

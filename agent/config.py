@@ -46,6 +46,18 @@ def _one_of(*allowed: str) -> Callable[[Any], str | None]:
     return lambda value: None if value in allowed else f"must be one of {list(allowed)}"
 
 
+def _display_name(value: str) -> str | None:
+    from dedgeai.agent.protocol import MAX_NAME_CHARS, valid_name  # peers check it the same way
+
+    if valid_name(value):
+        return None
+    return f"must be ≤ {MAX_NAME_CHARS} printable characters without markup like `[b]`"
+
+
+def _queue_bound(value: int) -> str | None:
+    return None if 1 <= value <= 1_000_000 else "must be in 1..1000000"
+
+
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be 0 (off) or a TCP port 1..65535"
 
@@ -103,7 +115,7 @@ KEYS: tuple[Key, ...] = (
         "public keys (*.key) of the peers and clients allowed to connect; "
         "empty: `keys_dir`/authorized_keys",
     ),
-    Key("name", str, "", "label shown by `dedgeai status`; empty: the host name"),
+    Key("name", str, "", "label shown by `dedgeai status`; empty: the host name", _display_name),
     Key(
         "state_dir",
         str,
@@ -138,7 +150,13 @@ KEYS: tuple[Key, ...] = (
         'speed of the "emulated" backend at 512x512',
         _positive,
     ),
-    Key("max_queue", int, 256, "queued tasks beyond which `submit` gets `error: busy`", _positive),
+    Key(
+        "max_queue",
+        int,
+        256,
+        "unfinished tasks (queued, forwarded, held) beyond which `submit` gets `error: busy`",
+        _queue_bound,
+    ),
     Key(
         "journal_sync",
         str,
@@ -159,6 +177,14 @@ KEYS: tuple[Key, ...] = (
         604800.0,
         "finished tasks older than this are deleted",
         _positive,
+    ),
+    Key(
+        "retention_max_bytes",
+        int,
+        2 * 1024**3,
+        "total size of the kept result files (images and metadata); the oldest finished "
+        "tasks are deleted first; 0: no size limit",
+        lambda value: None if value >= 0 else "must be >= 0 (0: no size limit)",
     ),
     Key("telemetry_interval_s", float, 1.0, "seconds between GPU/CPU telemetry samples", _positive),
     Key("metrics_port", int, 0, "Prometheus metrics HTTP port; 0: off", _port),
@@ -291,6 +317,7 @@ class AgentConfig:
     journal_sync: str = "normal"
     retention_max_results: int = 1000
     retention_max_age_s: float = 604800.0
+    retention_max_bytes: int = 2 * 1024**3
     telemetry_interval_s: float = 1.0
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"

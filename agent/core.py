@@ -8,12 +8,13 @@ task is in the journal before its ``accepted`` leaves the agent.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from dedgeai.agent import protocol as p
+from dedgeai.agent.authority import LOCAL_CLIENT, Principal, may_touch, owner_filter
 from dedgeai.agent.errors import ErrorCode
 from dedgeai.agent.protocol import NodeId, TaskId
 from dedgeai.agent.tasks import (
@@ -35,6 +36,7 @@ from dedgeai.agent.worker import Job, JobFailed, JobFinished, JobStopped, StepDo
 from dedgeai.models.backend import SpeedProfile
 
 MAX_SUBSCRIBERS_PER_TASK = 16
+MAX_CANCELLED_UNKNOWN = 4096  # cancels of unknown tasks remembered (oldest forgotten first)
 Route = tuple[bytes, ...]  # ROUTER identity frames (plus an empty delimiter for REQ peers)
 
 
@@ -93,7 +95,9 @@ class Store(Protocol):
 
     def result_meta(self, task: str) -> dict[str, Any] | None: ...
 
-    def recent(self, limit: int, state: str | None) -> list[TaskRecord]: ...
+    def recent(
+        self, limit: int, state: str | None, owner: str | None = None
+    ) -> list[TaskRecord]: ...
 
     def take_seq(self) -> int: ...
 
@@ -115,6 +119,13 @@ class AgentCore:
         # Forwarded tasks resumed from the journal, waiting for their origin to ask again
         # (task -> since when): the origin may have re-dispatched them while we were down.
         self.held: dict[TaskId, float] = {}
+        # Set while the journal cannot be written (disk full): new submits are refused.
+        self.storage_error: str | None = None
+        # After a freeze, forwards still in the socket may be stale: held until this time.
+        self.hold_forwards_until = 0.0
+        # Tasks cancelled before this agent knew them (a reclaim's cancel overtook its own
+        # stale forward): a later forward of one of them is refused, not run.
+        self.cancelled_unknown: OrderedDict[TaskId, float] = OrderedDict()
 
     # --- recovery ------------------------------------------------------------------
 
@@ -152,16 +163,23 @@ class AgentCore:
 
     # --- client messages -----------------------------------------------------------
 
-    def handle(self, route: Route, msg: p.ClientMessage, now: float) -> list[Effect]:
+    def handle(
+        self,
+        route: Route,
+        msg: p.ClientMessage,
+        now: float,
+        sender: Principal = LOCAL_CLIENT,
+    ) -> list[Effect]:
+        """One message whose type ``sender`` may send (``Authority.check`` ran already)."""
         match msg:
             case p.Submit():
-                return self._submit(route, msg, now)
+                return self._submit(route, msg, now, sender)
             case p.ResultRequest():
-                return self._result(route, msg)
+                return self._result(route, msg, sender)
             case p.CancelRequest():
-                return self._cancel(route, msg, now)
+                return self._cancel(route, msg, now, sender)
             case p.TasksRequest():
-                return [Send(route, self.task_list(msg))]
+                return [Send(route, self.task_list(msg, sender))]
         raise TypeError(f"status is answered by the daemon, not the core: {msg!r}")
 
     def position(self, task: TaskId) -> int:
@@ -177,15 +195,32 @@ class AgentCore:
             subs.append((route, request_id))
             del subs[:-MAX_SUBSCRIBERS_PER_TASK]
 
-    def _submit(self, route: Route, msg: p.Submit, now: float) -> list[Effect]:
+    def owned(self) -> int:
+        """Unfinished tasks this agent answers for besides the running one: queued here,
+        forwarded to peers (they may come back), held for their origin."""
+        return len(self.tasks) - (self.running is not None)
+
+    def _submit(self, route: Route, msg: p.Submit, now: float, sender: Principal) -> list[Effect]:
         if not self.accepting:
             text = "the agent is shutting down; submit again after it restarts"
             return [Send(route, p.error_reply(msg.id, ErrorCode.SHUTTING_DOWN, text))]
+        if msg.origin == self.node:
+            text = "`origin` names this agent: a task is never forwarded back to its origin"
+            return [Send(route, p.error_reply(msg.id, ErrorCode.BAD_FIELD, text, field="origin"))]
         if msg.task is not None:
             known = self.tasks.get(msg.task) or self.store.finished(msg.task)
             if known is not None:  # a retried submit: same task, never run twice
+                if not may_touch(sender, known):
+                    text = f"task id {known.id} is taken by another client; choose another"
+                    return [Send(route, p.error_reply(msg.id, ErrorCode.FORBIDDEN, text))]
                 return self._resubmit(route, msg, known)
-        if len(self.queue) >= self.max_queue:
+        if self.storage_error is not None:
+            text = f"the agent cannot journal new tasks ({self.storage_error}); retry later"
+            return [Send(route, p.error_reply(msg.id, ErrorCode.STORAGE, text))]
+        if msg.origin is not None and msg.task in self.cancelled_unknown:
+            text = "its origin cancelled this task before it arrived here"
+            return [Send(route, p.error_reply(msg.id, ErrorCode.CANCELLED, text, msg.task))]
+        if self.owned() >= self.max_queue:
             self.counters["busy"] += 1
             text = f"the queue is full ({self.max_queue} tasks); retry later"
             return [Send(route, p.error_reply(msg.id, ErrorCode.BUSY, text))]
@@ -195,13 +230,19 @@ class AgentCore:
             request=msg.request,
             seq=self.store.take_seq(),
             submitted_at=now,
+            owner=msg.owner or sender.id,
         )
         self.counters["accepted"] += 1
         if task.origin != self.node:  # forwarded to us: at most one hop, it runs here
-            task = replace(task, placement={"forwarded_by": task.origin})
+            task = replace(task, placement={"forwarded_by": task.origin, "via": sender.id})
         if msg.wait:
             self._subscribe(task.id, route, msg.id)
-        effects = self.dispatch(task, now)
+        if task.origin != self.node and now < self.hold_forwards_until:
+            self.tasks[task.id] = task  # maybe stale (sent before a freeze): its origin asks
+            self.held[task.id] = now  # again if it still wants it from us
+            effects: list[Effect] = [Persist(task)]
+        else:
+            effects = self.dispatch(task, now)
         reply = p.accepted_reply(msg.id, task.id, self.position(task.id), task.origin)
         if task.id in self.tasks and self.tasks[task.id].state is TaskState.FORWARDED:
             reply["forwarded_to"] = self.tasks[task.id].placement.get("name")
@@ -230,7 +271,8 @@ class AgentCore:
     def _resubmit(self, route: Route, msg: p.Submit, known: TaskRecord) -> list[Effect]:
         if known.id in self.held:  # its origin still wants it from us: run it now
             del self.held[known.id]
-            self.queue.append(known.id)
+            if known.state is TaskState.QUEUED:  # (a running one being stopped requeues itself)
+                self.queue.append(known.id)
             self.counters["resumed"] += 1
         if not known.state.finished:
             if msg.wait:
@@ -263,22 +305,32 @@ class AgentCore:
             request_id, task.id, stage, task.step, steps, self.position(task.id)
         )
 
-    def _result(self, route: Route, msg: p.ResultRequest) -> list[Effect]:
+    def _result(self, route: Route, msg: p.ResultRequest, sender: Principal) -> list[Effect]:
         live = self.tasks.get(msg.task)
+        if live is not None and not may_touch(sender, live):
+            return [Send(route, _not_found(msg.id, msg.task))]  # others' tasks do not exist
         if live is not None:
             if msg.wait:
                 self._subscribe(live.id, route, msg.id)
             return [Send(route, self._snapshot(msg.id, live))]
         finished = self.store.finished(msg.task)
-        if finished is None:
+        if finished is None or not may_touch(sender, finished):
             return [Send(route, _not_found(msg.id, msg.task))]
         return [self._final_reply(route, msg.id, finished)]
 
-    def _cancel(self, route: Route, msg: p.CancelRequest, now: float) -> list[Effect]:
+    def _cancel(
+        self, route: Route, msg: p.CancelRequest, now: float, sender: Principal
+    ) -> list[Effect]:
         live = self.tasks.get(msg.task)
+        if live is not None and not may_touch(sender, live):
+            return [Send(route, _not_found(msg.id, msg.task))]
         if live is None:
             finished = self.store.finished(msg.task)
-            if finished is None:
+            if finished is None or not may_touch(sender, finished):
+                if finished is None:
+                    self.cancelled_unknown[msg.task] = now
+                    while len(self.cancelled_unknown) > MAX_CANCELLED_UNKNOWN:
+                        self.cancelled_unknown.popitem(last=False)
                 return [Send(route, _not_found(msg.id, msg.task))]
             text = f"the task already ended: {finished.state.value}"
             return [Send(route, p.error_reply(msg.id, ErrorCode.ALREADY_FINISHED, text, msg.task))]
@@ -296,9 +348,14 @@ class AgentCore:
         reply["state"] = "cancelled"
         return [*self._finish(task), Send(route, reply)]
 
-    def task_list(self, msg: p.TasksRequest) -> dict[str, Any]:
-        records = {t.id: t for t in self.store.recent(msg.limit, msg.state)}
-        records.update((t.id, t) for t in self.tasks.values() if msg.state in (None, t.state.value))
+    def task_list(self, msg: p.TasksRequest, sender: Principal = LOCAL_CLIENT) -> dict[str, Any]:
+        owner = owner_filter(sender)
+        records = {t.id: t for t in self.store.recent(msg.limit, msg.state, owner)}
+        records.update(
+            (t.id, t)
+            for t in self.tasks.values()
+            if msg.state in (None, t.state.value) and owner in (None, t.owner)
+        )
         newest = sorted(records.values(), key=lambda t: t.seq, reverse=True)[: msg.limit]
         return p.envelope("task_list", msg.id, tasks=[summary(t) for t in newest])
 
@@ -324,10 +381,40 @@ class AgentCore:
                 if task.cancel_requested:
                     return self._finish(apply(task, Stopped(at)))
                 requeued = self.tasks[task.id] = apply(task, Interrupted())
-                self.queue.appendleft(task.id)  # a checkpointed task keeps its place
+                if task.id not in self.held:  # a held one waits for its origin instead
+                    self.queue.appendleft(task.id)  # a checkpointed task keeps its place
                 self.running = None
                 return [Persist(requeued)]
         return []
+
+    def hold_forwarded(self, now: float, stale_for_s: float = 0.0) -> list[Effect]:
+        """This agent was frozen (SIGSTOP, a suspended VM) long enough for origins to have
+        taken their tasks back: no forwarded task runs here until its origin asks again.
+
+        Queued ones wait in ``held``; a running one is stopped at its next step and waits too
+        (its origin re-sends the same submit if it still wants it from us, see ``_resubmit``).
+        """
+        effects: list[Effect] = []
+        self.hold_forwards_until = now + stale_for_s
+        for task_id in [t for t in self.queue if self.tasks[t].origin != self.node]:
+            self.queue.remove(task_id)
+            self.held[task_id] = now
+        running = self.tasks.get(self.running) if self.running is not None else None
+        if running is not None and running.origin != self.node and not running.cancel_requested:
+            self.held[running.id] = now
+            effects.append(CancelJob(running.id))
+        return effects
+
+    def drop_unjournaled(self, task_id: TaskId) -> None:
+        """Forget a task admitted in a batch whose journal commit failed (its submitter is
+        told ``storage``): it was never acknowledged, so nothing else refers to it."""
+        self.tasks.pop(task_id, None)
+        self.held.pop(task_id, None)
+        self.subscribers.pop(task_id, None)
+        if task_id in self.queue:
+            self.queue.remove(task_id)
+        if self.running == task_id:
+            self.running = None
 
     def release_held(self, task_id: TaskId, now: float, why: str) -> list[Effect]:
         """Drop a resumed forwarded task that its origin did not ask for again: it is not run."""

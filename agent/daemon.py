@@ -19,6 +19,7 @@ import zmq
 
 from dedgeai.agent import protocol as p
 from dedgeai.agent.agent_status import package_version, status_body
+from dedgeai.agent.authority import Authority, Principal
 from dedgeai.agent.cluster import Cluster
 from dedgeai.agent.config import AgentConfig
 from dedgeai.agent.core import (
@@ -32,15 +33,18 @@ from dedgeai.agent.core import (
     Send,
     StartJob,
 )
-from dedgeai.agent.disk_store import DiskStore
-from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError, SecurityError
-from dedgeai.agent.journal import Journal
-from dedgeai.agent.keys import load_keypair
+from dedgeai.agent.disk_store import DiskStore, RetentionLimits
+from dedgeai.agent.errors import ConfigError, ErrorCode, JournalError, ProtocolError, SecurityError
+from dedgeai.agent.failpoints import failpoint
+from dedgeai.agent.journal import open_journal
+from dedgeai.agent.keys import load_keypair, roles_by_key
 from dedgeai.agent.metrics import AgentMetrics
-from dedgeai.agent.peer_security import PeerSecurity
+from dedgeai.agent.peer_security import PeerSecurity, split_peer
+from dedgeai.agent.protocol import TaskId
 from dedgeai.agent.results import ResultStore
 from dedgeai.agent.security import SecurityConfig, curve_required, server_security
 from dedgeai.agent.service import Notifier, StopFlag
+from dedgeai.agent.tasks import TaskRecord, TaskState
 from dedgeai.agent.telemetry import TelemetrySampler
 from dedgeai.agent.worker import ProfileReady, Worker
 from dedgeai.models.factory import BackendSpec, create_backend
@@ -51,13 +55,22 @@ POLL_INTERVAL_MS = 100  # the loop's heartbeat: watchdog, metrics and stop check
 MAX_BATCH = 256  # client messages handled per turn, committed in one transaction
 METRICS_REFRESH_S = 1.0
 RETENTION_EVERY_S = 60.0
+STORAGE_PROBE_S = 1.0  # after a failed commit: how often to try again
+LOOP_ERROR_PAUSE_S = 0.05
 SOCKET_HWM = 10_000  # per peer; beyond it ROUTER drops (clients re-poll with `result`)
 CLOSE_LINGER_MS = 500  # let the last replies leave on shutdown
+# A loop that did not turn for this many gossip intervals was frozen (SIGSTOP, suspend): its
+# peers mark it down after 3 silent intervals and may have run its forwarded tasks already.
+PAUSE_INTERVALS = 2.0
 
 
 class AgentDaemon:
     def __init__(self, config: AgentConfig, stop: StopFlag, notifier: Notifier) -> None:
         self.config, self.stop, self.notifier = config, stop, notifier
+        # Recovery below runs effects before the peers exist: they must see "no cluster yet".
+        self.cluster: Cluster | None = None
+        self._unsaved: dict[TaskId, TaskRecord] = {}  # changes a failed commit left in memory
+        self._last_turn_at = time.time()
         # Decided before the journal and the model: a missing or bad key pair fails at once.
         self.security = SecurityConfig.from_config(config)
         self.public_key: str | None = None
@@ -66,12 +79,11 @@ class AgentDaemon:
         self.started_at = time.time()
         self.state_dir = config.state_path()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(self.state_dir / "journal.sqlite3", config.journal_sync)
+        self.journal = open_journal(self.state_dir, config.journal_sync)
         self.results = ResultStore(self.state_dir / "results", fsync=config.journal_sync == "full")
         self.results.sweep_temporary()
-        self.core = AgentCore(
-            self.journal.require_node_id(), config.max_queue, DiskStore(self.journal, self.results)
-        )
+        self.store = DiskStore(self.journal, self.results)
+        self.core = AgentCore(self.journal.require_node_id(), config.max_queue, self.store)
         self.metrics = AgentMetrics()
         recovered = self.core.recover(
             self.journal.unfinished(),
@@ -117,7 +129,6 @@ class AgentDaemon:
             raise ConfigError(f"cannot bind {config.endpoint}: {exc}") from exc
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         try:  # peers, gossip, the scheduling policy (a checkpoint that does not fit: exit 2)
-            self.cluster: Cluster | None = None
             peer_security = PeerSecurity.from_config(config, self.security, self.endpoint)
             self.cluster = Cluster(
                 config,
@@ -135,6 +146,13 @@ class AgentDaemon:
                 self.authenticator.stop()
             self.context.term()
             raise
+        self.authority = Authority(
+            curve=self.authenticator is not None,
+            role_of_key=self._role_of_key,
+            peer_keys=peer_security.peer_keys,
+            peer_endpoints=[split_peer(entry)[0] for entry in config.peers],
+        )
+        self.cluster.authority = self.authority
         # Tasks this agent had forwarded before a crash: ask their peers again, now that the
         # peer links exist (idempotent by task id; the result streams back on the new link).
         resumed = [e for e in recovered if isinstance(e, Forward)]
@@ -178,12 +196,16 @@ class AgentDaemon:
             why = "curve = false" if not self.security.curve else "loopback, no key pair"
             log.info("CURVE off (%s): plain TCP; keys in %s", why, self.security.keys_dir)
 
+    def _role_of_key(self, key: bytes) -> str | None:
+        """The role written in the sender's authorized key file (re-read when it changes)."""
+        return roles_by_key(self.security.authorized_keys_dir).get(key)
+
     def _describe(self) -> dict[str, Any]:
         """What gossip says about this agent besides its queue (model, plan, GPU telemetry)."""
         return {
             "model": self.config.model,
             "emulated": bool(self.backend.emulated),
-            "plan": str(self._plan.get("text", "")),
+            "plan": str(self._plan.get("text", ""))[: p.MAX_PLAN_CHARS],
             "telemetry": self.telemetry_dict() if hasattr(self, "telemetry") else {},
             "version": package_version(),
             "started_at": self.started_at,  # a new value tells peers this agent restarted
@@ -209,17 +231,26 @@ class AgentDaemon:
         assert self.cluster is not None
         self.cluster.start(poller)
         self.notifier.ready(f"listening on {self.endpoint}")
-        last_metrics = last_retention = 0.0
+        self._last_turn_at = time.time()  # the model load above is no frozen loop
+        last_metrics = last_retention = last_probe = 0.0
         while not self.stop.is_set():
-            self._turn(poller, POLL_INTERVAL_MS)
-            now = time.time()
-            self.notifier.tick(time.monotonic())
-            if now - last_metrics >= METRICS_REFRESH_S:
-                last_metrics = now
-                self.metrics.update(self.status_body(now))
-            if now - last_retention >= RETENTION_EVERY_S:
-                last_retention = now
-                self._apply_retention(now)
+            try:
+                self._turn(poller, POLL_INTERVAL_MS)
+                now = time.time()
+                self.notifier.tick(time.monotonic())
+                if now - last_metrics >= METRICS_REFRESH_S:
+                    last_metrics = now
+                    self.metrics.update(self.status_body(now))
+                if self.core.storage_error is not None and now - last_probe >= STORAGE_PROBE_S:
+                    last_probe = now
+                    self._probe_storage()
+                if now - last_retention >= RETENTION_EVERY_S:
+                    last_retention = now
+                    self._apply_retention(now)
+            except Exception:  # the last line of defence: one bad turn, not a dead agent
+                log.exception("a loop turn failed; the agent goes on")
+                self.core.counters["loop_errors"] += 1
+                time.sleep(LOOP_ERROR_PAUSE_S)  # a fault that repeats must not spin the CPU
         self._drain()
 
     def _turn(self, poller: zmq.Poller, timeout_ms: int) -> None:
@@ -228,10 +259,12 @@ class AgentDaemon:
         effects: list[Effect] = []
         if self.wake in ready:
             effects += self._worker_events(now)
+        if now - self._last_turn_at > PAUSE_INTERVALS * self.config.gossip_interval_s:
+            effects += self._resumed_from_pause(now)
         if self.router in ready:
             for _ in range(MAX_BATCH):
                 try:
-                    frames = self.router.recv_multipart(zmq.NOBLOCK)
+                    frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
                 effects += self._on_frames(frames, now)
@@ -240,6 +273,25 @@ class AgentDaemon:
             effects += self.cluster.tick(now)  # gossip, liveness, forwarding deadlines
         effects += self.core.plan(now)
         self._execute(effects)
+        self._last_turn_at = time.time()
+
+    def _resumed_from_pause(self, now: float) -> list[Effect]:
+        """The loop did not turn for several gossip intervals (SIGSTOP, a suspended VM, a
+        stalled disk): origins may have marked this agent down and run its forwarded tasks
+        elsewhere. None of them runs here before its origin asks for it again."""
+        gap = now - self._last_turn_at
+        stale_for_s = PAUSE_INTERVALS * self.config.gossip_interval_s
+        effects = self.core.hold_forwarded(now, stale_for_s)
+        if self.cluster is not None:
+            self.cluster.resumed_from_pause(now)
+        if self.core.held:
+            log.warning(
+                "the loop was frozen for %.1f s: holding %d forwarded task(s) until their "
+                "origin asks for them again",
+                gap,
+                len(self.core.held),
+            )
+        return effects
 
     def _worker_events(self, now: float) -> list[Effect]:
         while True:  # the wake frames only say "look"; the events queue has the content
@@ -263,7 +315,20 @@ class AgentDaemon:
             effects += self.core.on_worker(event, now)
         return effects
 
-    def _on_frames(self, frames: list[bytes], now: float) -> list[Effect]:
+    def _sender(self, frame: zmq.Frame) -> Principal:
+        """Who sent this frame: its CURVE key (ZAP's User-Id) or, keyless, its TCP address."""
+        name = "User-Id" if self.authority.curve else "Peer-Address"
+        try:
+            value: str | None = frame.get(name)
+        except zmq.ZMQError:  # not a TCP connection, or no ZAP handler stamped it
+            value = None
+        if self.authority.curve:
+            return self.authority.principal(value, None)
+        return self.authority.principal(None, value)
+
+    def _on_frames(self, raw: list[zmq.Frame], now: float) -> list[Effect]:
+        sender = self._sender(raw[-1])
+        frames = [f.bytes for f in raw]
         if len(frames) >= 3 and frames[1] == b"":  # a REQ peer: keep its empty delimiter
             route: Route = (frames[0], b"")
             body = frames[2:]
@@ -271,10 +336,17 @@ class AgentDaemon:
             route, body = (frames[0],), frames[1:]
         try:
             msg = p.parse_request(body)
+            refusal = self.authority.check(sender, msg)
+            if refusal is not None:
+                raise refusal
         except ProtocolError as exc:
             self.metrics.errors.labels(exc.code.value).inc()
             reply = p.error_reply(exc.request_id, exc.code, exc.message, field=exc.field)
             return [Send(route, reply)]
+        except Exception as exc:  # a bug in a check costs one reply, not the agent
+            log.exception("checking a frame failed")
+            text = f"{type(exc).__name__} while checking the message"
+            return [Send(route, p.error_reply(None, ErrorCode.INTERNAL, text))]
         kind = type(msg).__name__
         self.metrics.requests.labels(kind).inc()
         try:
@@ -282,7 +354,7 @@ class AgentDaemon:
                 return self.cluster.on_gossip(route, msg, now)
             if isinstance(msg, p.StatusRequest):
                 return [Send(route, p.envelope("agent_status", msg.id, **self.status_body(now)))]
-            effects = self.core.handle(route, msg, now)
+            effects = self.core.handle(route, msg, now, sender)
         except Exception as exc:  # a bug must cost one reply, not the agent
             log.exception("handling %s failed", kind)
             text = f"{type(exc).__name__}: {exc}"
@@ -294,7 +366,13 @@ class AgentDaemon:
 
     def _execute(self, effects: list[Effect]) -> None:
         persisted = [e.task for e in effects if isinstance(e, Persist)]
-        self.journal.save(persisted)  # before any send: "journaled before accepted"
+        try:
+            self._save(persisted)  # before any send: "journaled before accepted"
+        except JournalError as exc:
+            effects = self._unjournaled(effects, persisted, exc)
+            persisted = []
+        for task in persisted:
+            failpoint(f"persisted:{self._journal_point(task)}")
         for task in persisted:
             if task.state.finished:
                 wait = task.started_at - task.submitted_at if task.started_at else None
@@ -315,6 +393,67 @@ class AgentDaemon:
                 case CancelRemote(task=task) if self.cluster is not None:
                     self.cluster.cancel_remote(task)
 
+    def _save(self, records: list[TaskRecord]) -> None:
+        """Commit ``records`` and any that an earlier failed commit left in memory."""
+        if self._unsaved:
+            pending = {**self._unsaved, **{t.id: t for t in records}}
+            self.journal.save(list(pending.values()))
+            self._unsaved.clear()
+            if self.core.storage_error is not None:
+                log.warning("the journal is writable again: accepting new tasks")
+            self.core.storage_error = None
+            return
+        self.journal.save(records)
+
+    def _unjournaled(
+        self, effects: list[Effect], records: list[TaskRecord], exc: JournalError
+    ) -> list[Effect]:
+        """A commit failed (disk full, I/O error): the agent keeps serving what it can.
+
+        Tasks admitted in this batch were never acknowledged: they are forgotten and their
+        submitters told ``storage``. Every other change stays in memory and is committed with
+        the next batch that succeeds; until then new submits are refused. Forwards of
+        unjournaled tasks wait, so a crash now cannot run a task both here and at a peer.
+        """
+        if self.core.storage_error is None:
+            log.error("cannot write the journal: %s; refusing new tasks until it can", exc)
+        self.core.storage_error = str(exc)
+        self.metrics.errors.labels(ErrorCode.STORAGE.value).inc()
+        new = {
+            TaskId(e.message["task"])
+            for e in effects
+            if isinstance(e, Send) and e.message.get("type") == "accepted"
+        }
+        new -= {t for t in new if self.journal.get(t) is not None}
+        for task_id in new:
+            self.core.drop_unjournaled(task_id)
+        self._unsaved.update((t.id, t) for t in records if t.id not in new)
+        kept: list[Effect] = []
+        for effect in effects:
+            match effect:
+                case Send(route=route, message=message) if message.get("task") in new:
+                    if message.get("type") == "accepted":
+                        text = f"the agent cannot journal new tasks ({exc}); retry later"
+                        reply = p.error_reply(message["id"], ErrorCode.STORAGE, text)
+                        kept.append(Send(route, reply))
+                case StartJob(job=job) if job.task in new:
+                    pass
+                case Forward(task=task) if task.id in new or task.id in self._unsaved:
+                    pass  # asked again by the forwarding tick once the journal has it
+                case Persist():
+                    pass
+                case _:
+                    kept.append(effect)
+        return kept
+
+    def _journal_point(self, task: TaskRecord) -> str:
+        """The name of the journal transition ``task`` just made (see ``failpoints.POINTS``)."""
+        if task.state is TaskState.RUNNING and task.cancel_requested:
+            return "cancelling"
+        if task.id in self.core.held:
+            return "held"
+        return task.state.value
+
     def _send(self, route: Route, message: dict[str, Any], png: bytes | None) -> None:
         frames = [*route, p.encode(message)]
         if png is not None:
@@ -326,12 +465,19 @@ class AgentDaemon:
         except zmq.ZMQError as exc:  # e.g. the peer vanished; it will ask again
             log.debug("could not send %s: %s", message.get("type"), exc)
 
+    def _probe_storage(self) -> None:
+        """After a failed commit: commit what waits in memory, or see that a commit works."""
+        try:
+            if self._unsaved:
+                self._save([])
+            elif self.journal.writable():
+                log.warning("the journal is writable again: accepting new tasks")
+                self.core.storage_error = None
+        except JournalError as exc:
+            log.debug("the journal is still not writable: %s", exc)
+
     def _apply_retention(self, now: float) -> None:
-        config = self.config
-        gone = self.journal.purge(config.retention_max_results, config.retention_max_age_s, now)
-        if gone:
-            self.results.delete(gone)
-            log.info("retention: deleted %d finished task(s)", len(gone))
+        self.store.apply_retention(RetentionLimits.from_config(self.config), now)
 
     # --- status --------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ class ErrorCode(str, Enum):
     CANCELLED = "cancelled"  # the task was cancelled
     SHUTTING_DOWN = "shutting_down"  # the agent is stopping and accepts no new tasks
     INTERNAL = "internal"  # a bug in the agent; the message says what failed
+    FORBIDDEN = "forbidden"  # the sender's role may not send this message or touch this task
+    STORAGE = "storage"  # the agent cannot write its journal or results (disk full?)
 
 
 class DedgeaiError(Exception):

@@ -41,6 +41,7 @@ log = logging.getLogger("dedgeai.agent.forwarding")
 FORWARD_ID_PREFIX = "fwd:"  # request id of a forwarded submit: "fwd:<task>"
 CANCEL_ID_PREFIX = "fcx:"
 MAX_REDISPATCHES = 3  # after this many reclaims a task runs at its origin
+MAX_TOMBSTONES = 4096  # reclaimed tasks remembered per slot, to cancel when it is back
 REFUSALS = {  # answers that mean "this peer will not run it": dispatch again
     ErrorCode.BUSY.value,
     ErrorCode.SHUTTING_DOWN.value,
@@ -68,6 +69,7 @@ def forward_message(task: TaskRecord) -> dict[str, Any]:
         **p.request_to_wire(task.request),
         task=task.id,
         origin=task.origin,
+        owner=task.owner,  # the peer keeps it: the client may follow the task there too
         wait=True,
     )
 
@@ -98,6 +100,9 @@ class Forwarding:
         self.ack_timeout_s, self.quiet_s = ack_timeout_s, quiet_s
         self.outstanding: dict[TaskId, Outstanding] = {}
         self.dropped_duplicates = 0
+        # Tasks taken back from a slot whose cancel may not have reached it (its link was
+        # down or reset): cancelled again when it is heard from, in case it was only frozen.
+        self.tombstones: dict[int, dict[TaskId, TaskRecord]] = {}
 
     def sent(self, task: TaskRecord, now: float) -> None:
         """The daemon handed the forward to the peer's socket."""
@@ -192,6 +197,11 @@ class Forwarding:
         log.warning("task %s: reclaimed from slot %s (%s)", task.id, slot, why)
         # Best effort: tell the old target to drop it (a restarted one holds it until asked).
         cancel: list[Effect] = [CancelRemote(task)]
+        if isinstance(slot, int):
+            tombs = self.tombstones.setdefault(slot, {})
+            tombs[task.id] = task
+            while len(tombs) > MAX_TOMBSTONES:
+                del tombs[next(iter(tombs))]
         task = apply(task, Reclaimed(why))
         avoid = sorted({*task.placement.get("avoid", []), slot})
         local = int(task.placement.get("redispatches", 0)) >= MAX_REDISPATCHES
@@ -209,6 +219,16 @@ class Forwarding:
             if task.state is TaskState.FORWARDED and task.placement.get("target") == slot:
                 effects += self.reclaim(task, why, now)
         return effects
+
+    def forgive(self, now: float) -> None:
+        """This agent was frozen: deadlines of forwards in flight count from ``now``."""
+        for track in self.outstanding.values():
+            track.sent_at = max(track.sent_at, now)
+            track.heard_at = max(track.heard_at, now)
+
+    def take_tombstones(self, slot: int) -> list[TaskRecord]:
+        """The tasks reclaimed from ``slot`` since it was last up (each told once)."""
+        return list(self.tombstones.pop(slot, {}).values())
 
     def ask_again(self, slot: int) -> None:
         """The peer in ``slot`` restarted: its acknowledged tasks are asked for on this turn."""

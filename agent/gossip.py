@@ -187,7 +187,7 @@ class PeerLinks:
 def read_peer_reply(frames: list[bytes]) -> Reply:
     """Decode a peer's reply; raises ProtocolError(bad_version) for another protocol version."""
     try:
-        return p.parse_reply(frames)
+        return p.parse_peer_reply(frames)
     except ProtocolError as exc:
         if exc.code is ErrorCode.BAD_VERSION:
             raise ProtocolError(

@@ -5,6 +5,21 @@ secret, mode 0600, written atomically) and accepts the peers and clients whose p
 sit in ``authorized_keys_dir`` (one ``*.key`` file each, named after its holder). Keys are
 pyzmq's z85 text; ``fingerprint`` is the short id shown in status and mDNS records. No
 sockets here: ``security.py`` sets sockets up with these keys.
+
+An authorized key file may carry its holder's role (``agent/authority.py``) in the
+``metadata`` section of the zmq certificate format, which ``zmq.auth.load_certificate``
+ignores and ``read_role`` parses strictly::
+
+    metadata
+        role = "peer"
+    curve
+        public-key = "..."
+
+No role, or one that is not ``client``, ``peer`` or ``admin``, is ``client``. A key listed
+in several files with different roles is ``client`` too (the least it could be).
+``authorized_set`` caches one scan per directory until the directory changes (a new file,
+a rename, a removal: what ``dedgeai keys authorize`` and ``rm`` do); an in-place edit of a
+key file is seen after the next change of the directory.
 """
 
 from __future__ import annotations
@@ -16,7 +31,11 @@ import re
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import zmq.auth
@@ -32,6 +51,25 @@ PUBLIC_FILE = f"{KEY_NAME}.key"
 SECRET_FILE = f"{KEY_NAME}.key_secret"
 AUTHORIZED_DIR = "authorized_keys"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+_ROLE_LINE = re.compile(r"^[ \t]+role[ \t]*=(.*)$")
+_ROLE_VALUE = re.compile(r'^[ \t]*"([a-z]{1,16})"[ \t]*$')
+MAX_KEY_FILE_BYTES = 64 * 1024  # a certificate is ~200 bytes; anything this big is not one
+# A directory changed less than this before it was scanned may change again within the
+# same mtime tick (1-2 s on some file systems): such a scan is not trusted ("racy git").
+RACY_WINDOW_NS = 2_000_000_000
+_WARNED_LIMIT = 1024
+
+
+class Role(str, Enum):
+    """What an authorized key may do; enforced by ``agent/authority.py``."""
+
+    CLIENT = "client"
+    PEER = "peer"
+    ADMIN = "admin"
+
+
+ROLES = tuple(role.value for role in Role)
+DEFAULT_ROLE = Role.CLIENT.value
 
 
 @dataclass(frozen=True)
@@ -46,6 +84,16 @@ class AuthorizedKey:
     name: str
     public: bytes | None  # None: the file holds no valid key
     path: Path
+    role: str = DEFAULT_ROLE  # one of ROLES
+
+
+@dataclass(frozen=True)
+class AuthorizedSet:
+    """One scan of an authorized-keys directory."""
+
+    entries: tuple[AuthorizedKey, ...] = ()
+    keys: frozenset[bytes] = frozenset()  # the valid public keys (z85)
+    roles: Mapping[bytes, str] = field(default_factory=dict)  # z85 public key -> role
 
 
 def default_keys_dir() -> Path:
@@ -144,25 +192,39 @@ def load_public_key(spec: str | Path, authorized_dir: Path | None = None) -> byt
     )
 
 
-def _public_file_text(public: bytes) -> str:
-    # The format zmq.auth.load_certificate reads (czmq's public certificate).
+def _public_file_text(public: bytes, role: str) -> str:
+    # The format zmq.auth.load_certificate reads (czmq's public certificate), role in metadata.
     return (
         "#   ZeroMQ CURVE Public Certificate, authorized by `dedgeai keys authorize`\n"
-        "metadata\ncurve\n"
+        f'metadata\n    role = "{role}"\ncurve\n'
         f'    public-key = "{public.decode()}"\n'
     )
 
 
-def authorize(authorized_dir: Path, public_key: str | Path, name: str | None = None) -> Path:
-    """Add a public key (file or literal) to ``authorized_dir`` as ``<name>.key``.
+def authorize(
+    authorized_dir: Path,
+    public_key: str | Path,
+    name: str | None = None,
+    role: str = DEFAULT_ROLE,
+) -> Path:
+    """Add a public key (file or literal) to ``authorized_dir`` as ``<name>.key``, with a role.
 
     Only the public half is written, even from a secret key file. The default name is the
     file's stem, or ``key-<fingerprint>`` for a literal key or a file named ``agent.key``.
-    Authorizing the same key under the same name again is a no-op.
+    Authorizing a key again (under any name) sets its role in every file that holds it, so
+    that the key has one role.
+
+    Args:
+        authorized_dir: created when missing.
+        public_key: a public or secret key file, a key directory, or the 40-character key.
+        name: the file name (without ``.key``).
+        role: one of ROLES.
 
     Returns:
         The path of the authorized key file.
     """
+    if role not in ROLES:
+        raise SecurityError(f"--role {role!r}: use one of {', '.join(ROLES)}")
     public = load_public_key(public_key)
     stem = Path(str(public_key)).stem if Path(str(public_key)).expanduser().exists() else ""
     name = name or (stem if stem and stem != KEY_NAME else f"key-{fingerprint(public)}")
@@ -170,22 +232,87 @@ def authorize(authorized_dir: Path, public_key: str | Path, name: str | None = N
         raise SecurityError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (≤ 64)")
     authorized_dir = Path(authorized_dir).expanduser()
     target = authorized_dir / f"{name}.key"
-    if target.exists():
-        try:
-            current, _ = zmq.auth.load_certificate(target)
-        except (OSError, ValueError):
-            current = None
-        if current == public:
-            return target
+    if target.exists() and _read_entry(target).public != public:
         raise SecurityError(f"{target} already holds another key; choose another --name")
+    same_key = [e.path for e in authorized_keys(authorized_dir) if e.public == public]
+    for path in {target, *same_key}:
+        if not path.exists() or read_role(path) != role:
+            _write_public(path, public, role)
+    return target
+
+
+def _write_public(target: Path, public: bytes, role: str) -> None:
     try:
-        authorized_dir.mkdir(parents=True, exist_ok=True)  # public keys: the service reads them
+        target.parent.mkdir(parents=True, exist_ok=True)  # public keys: the service reads them
         tmp = target.with_suffix(".tmp")
-        tmp.write_text(_public_file_text(public))
-        tmp.replace(target)
+        tmp.write_text(_public_file_text(public, role))
+        tmp.replace(target)  # a rename: the directory's mtime changes, caches rescan
     except OSError as exc:
         raise SecurityError(f"cannot write {target}: {exc.strerror}") from exc
-    return target
+
+
+# --- roles -----------------------------------------------------------------------
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(path: Path, what: str) -> None:
+    """Log ``what`` about ``path`` once per process (bounded: a directory is local, yet...)."""
+    with _warned_lock:
+        if (str(path), what) in _warned:
+            return
+        if len(_warned) >= _WARNED_LIMIT:
+            _warned.clear()
+        _warned.add((str(path), what))
+    log.warning("%s: %s", path, what)
+
+
+def read_role(path: Path) -> str | None:
+    """The ``role`` of a key file's ``metadata`` section; None when it has none.
+
+    Strict: only an indented ``role = "..."`` line inside ``metadata`` counts; a malformed
+    value, or two different ones, is returned as written so that it is never a known role.
+    """
+    found: list[str] = []
+    section = ""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_KEY_FILE_BYTES + 1)
+        lines = data.decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        return "<oversized file>"
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line[0].isspace():
+            section = line.strip()
+            continue
+        match = _ROLE_LINE.match(line) if section == "metadata" else None
+        if match:
+            value = _ROLE_VALUE.match(match.group(1))
+            # Only the quoted lower-case form `dedgeai keys authorize` writes; anything else
+            # is not a role (and is reported as written, marked).
+            found.append(value.group(1) if value else f"{match.group(1).strip()} (malformed)")
+    if not found:
+        return None
+    return found[0] if len(set(found)) == 1 else " / ".join(sorted(set(found)))
+
+
+def _read_entry(path: Path) -> AuthorizedKey:
+    try:
+        public: bytes | None = zmq.auth.load_certificate(path)[0]
+    except (OSError, ValueError):
+        public = None
+    if public is None or not _valid_key(public):
+        return AuthorizedKey(path.stem, None, path)
+    role = read_role(path)
+    if role is not None and role not in ROLES:
+        _warn_once(path, f"unknown role {role!r} (use {', '.join(ROLES)}): treated as client")
+        role = None
+    return AuthorizedKey(path.stem, public, path, role or DEFAULT_ROLE)
 
 
 def authorized_keys(authorized_dir: Path) -> list[AuthorizedKey]:
@@ -193,16 +320,57 @@ def authorized_keys(authorized_dir: Path) -> list[AuthorizedKey]:
     directory = Path(authorized_dir).expanduser()
     if not directory.is_dir():
         return []
-    found = []
-    for path in sorted(directory.glob("*.key")):
+    return [_read_entry(path) for path in sorted(directory.glob("*.key"))]
+
+
+def _scan(directory: Path) -> AuthorizedSet:
+    entries = tuple(authorized_keys(directory))
+    roles: dict[bytes, str] = {}
+    for entry in entries:
+        if entry.public is None:
+            _warn_once(entry.path, "ignored: no valid CURVE public key in it")
+            continue
+        known = roles.setdefault(entry.public, entry.role)
+        if known != entry.role:
+            _warn_once(entry.path, "this key is authorized with several roles: treated as client")
+            roles[entry.public] = DEFAULT_ROLE
+    return AuthorizedSet(entries, frozenset(roles), roles)
+
+
+class _ScanCache:
+    """The last scan of each directory, kept while the directory's (mtime, inode) stay put."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._scans: dict[Path, tuple[tuple[int, int, int], int, AuthorizedSet]] = {}
+
+    def get(self, directory: Path) -> AuthorizedSet:
         try:
-            public: bytes | None = zmq.auth.load_certificate(path)[0]
-        except (OSError, ValueError):
-            public = None
-        found.append(
-            AuthorizedKey(path.stem, public if public and _valid_key(public) else None, path)
-        )
-    return found
+            info = directory.stat()
+        except OSError:
+            return AuthorizedSet()
+        stamp = (info.st_mtime_ns, info.st_ino, info.st_dev)
+        with self._lock:
+            cached = self._scans.get(directory)
+            if cached is not None and cached[0] == stamp and cached[1] - stamp[0] > RACY_WINDOW_NS:
+                return cached[2]
+            scanned_ns = time.time_ns()
+            result = _scan(directory)
+            self._scans[directory] = (stamp, scanned_ns, result)
+            return result
+
+
+_cache = _ScanCache()
+
+
+def authorized_set(authorized_dir: Path) -> AuthorizedSet:
+    """The authorized keys and their roles, rescanned only when the directory changed."""
+    return _cache.get(Path(authorized_dir).expanduser())
+
+
+def roles_by_key(authorized_dir: Path) -> dict[bytes, str]:
+    """z85 public key -> role of every valid authorized key (cached, cheap to call often)."""
+    return dict(authorized_set(authorized_dir).roles)
 
 
 def fingerprint(public: bytes) -> str:

@@ -4,16 +4,26 @@
 thread-safe, so one lock guards it, and decisions never wait for it: the loop thread only
 *tries* the lock, and while a training step holds it (a few milliseconds, at a bounded
 rate) the decision is taken by a greedy fallback and says so in its reason. Rewards (the
-observed service delay of a finished task) are queued and handed to the scheduler by the
-training thread. The policy is checkpointed in the state directory and reloaded at start.
-A fresh learned actor warm-starts (imitates greedy) in the background; greedy decides
-until it is ready. A checkpoint for another number of servers stops the agent at start.
+observed service delay of a task that ran to completion) are queued and handed to the
+scheduler by the training thread; a failed or cancelled task is ``abandon``-ed (its
+transition dropped: the time to a cancel says nothing about a server's speed). The policy
+is checkpointed in the state directory and reloaded at start. A fresh learned actor
+warm-starts (imitates greedy) in the background; greedy decides until it is ready. A
+checkpoint for another number of servers stops the agent at start; a corrupt one
+(unreadable, NaN/inf weights) is refused, kept aside, and a fresh actor warm-starts.
+
+The learner cannot be poisoned: states with NaN/inf or absurd values are decided by greedy
+and never recorded (scheduler/state_checks.py), a delay that is not finite and > 0 gives no
+reward and a longer one is clipped to ``MAX_REWARD_DELAY_S``, a training step with NaN/inf
+losses or weights is rolled back, and no NaN/inf weight is saved or loaded. ``status()``
+counts each, and says whether the policy is ``ready``, ``warming`` or ``failed`` (and why).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dedgeai.agent.errors import ConfigError
+from dedgeai.scheduler.errors import CheckpointError, CorruptCheckpointError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,6 +42,11 @@ SAVE_EVERY_S = 30.0  # checkpoint the learned policy at most this often (and at 
 MAX_QUEUED_REWARDS = 10_000
 IDLE_WAIT_S = 0.5  # the training thread's nap when it has nothing to learn from
 CAPACITY_WAIT_S = 15.0  # a fresh actor's warm start waits this long for every peer's speed
+# A reward's delay is clipped to this: one task stuck for hours (a paused peer, a clock
+# jump) must not dominate the critic's targets; it still reads as the worst outcome.
+MAX_REWARD_DELAY_S = 600.0
+REFUSED_NAME = "policy.refused.pt"  # where a corrupt <state>/policy.pt is kept aside
+READY, WARMING, FAILED = "ready", "warming", "failed"
 CapacityProbe = Callable[[], "np.ndarray | None"]
 
 
@@ -61,7 +77,8 @@ class SchedulerHost:
         self.learn = learn and policy in LEARNED and n_servers >= 2
         self.train_period_s = 1.0 / train_steps_per_s
         self.lock = threading.Lock()
-        self.rewards: collections.deque[tuple[str, float]] = collections.deque(
+        # (task id, delay) to reward; (task id, None) to abandon
+        self.rewards: collections.deque[tuple[str, float | None]] = collections.deque(
             maxlen=MAX_QUEUED_REWARDS
         )
         self.fallback = ClusterScheduler("greedy", n_servers, self_index, seed=seed)
@@ -74,7 +91,14 @@ class SchedulerHost:
             "checkpoint": None,
             "loaded_from": None,
             "ready": False,
+            "state": WARMING,
+            "reason": None,  # why the state is failed
             "warm_start": None,
+            "checkpoint_refused": None,  # a corrupt checkpoint not loaded, and what instead
+            "save_refused": None,
+            "abandoned": 0,  # transitions dropped without a reward (failed/cancelled tasks)
+            "rejected_rewards": 0,  # delays not finite and > 0
+            "clipped_rewards": 0,  # delays over MAX_REWARD_DELAY_S
         }
         self._pending_interval = False
         self._stop = threading.Event()
@@ -98,8 +122,15 @@ class SchedulerHost:
             if not source.is_file():
                 raise ConfigError(f"`policy_checkpoint` {source} does not exist")
         if source is not None or policy not in LEARNED or n_servers < 2:
-            self.scheduler = self._build(source)  # fast: load or a heuristic; errors stop start
-            self.stats.update(ready=True, loaded_from=str(source) if source else None)
+            try:
+                self.scheduler = self._build(source)  # fast: load or a heuristic
+            except CorruptCheckpointError as exc:  # the thread warm-starts a fresh actor
+                assert source is not None
+                self._refuse(source, exc)
+            else:  # a checkpoint that does not fit raised ConfigError: the start stops
+                self.stats.update(
+                    ready=True, state=READY, loaded_from=str(source) if source else None
+                )
         self._thread = threading.Thread(target=self._run, name="policy-trainer", daemon=True)
 
     @staticmethod
@@ -115,6 +146,8 @@ class SchedulerHost:
 
         try:
             built = ClusterScheduler(**self._kwargs, checkpoint=checkpoint, capacities=capacities)
+        except CorruptCheckpointError:
+            raise
         except SchedulerError as exc:
             hint = f"; delete {self.save_path} to start afresh" if checkpoint else ""
             raise ConfigError(
@@ -130,6 +163,25 @@ class SchedulerHost:
                 self.save_path,
             )
         return built
+
+    def _refuse(self, source: Path, exc: CorruptCheckpointError) -> None:
+        """A corrupt checkpoint: say why, keep our own aside (not overwritten by the next
+        save, not refused again at the next start); a fresh actor warm-starts instead."""
+        message = str(exc)
+        if source == self.save_path:
+            aside = self.save_path.with_name(REFUSED_NAME)
+            try:
+                source.replace(aside)
+                message += f"; kept as {aside}"
+            except OSError as move:
+                message += f"; could not move it aside ({move})"
+        message += "; starting afresh (a fresh actor warm-starts, greedy decides meanwhile)"
+        log.error("policy checkpoint refused: %s", message)
+        self.stats["checkpoint_refused"] = message
+
+    def _fail(self, reason: str) -> None:
+        log.error("policy %s: %s", self.policy, reason)
+        self.stats.update(state=FAILED, reason=reason)
 
     def start(self) -> SchedulerHost:
         self._thread.start()
@@ -150,7 +202,9 @@ class SchedulerHost:
                 self.lock.release()
         self.stats["fallback_decisions"] += 1
         placement = self.fallback.decide(task, cluster)
-        why = "warming up" if scheduler is None else "busy training"
+        why = "busy training"
+        if scheduler is None:
+            why = "warming up" if self.stats["state"] == WARMING else "failed"
         return type(placement)(
             placement.target, placement.probs, "greedy", f"{self.policy} {why}: {placement.reason}"
         )
@@ -159,13 +213,49 @@ class SchedulerHost:
         self._pending_interval = True  # applied under the lock by the next decision
 
     def complete(self, task_id: str, delay_s: float) -> None:
+        """A placed task ran to completion in ``delay_s``: its reward, once checked.
+
+        Only for tasks that are done (``abandon`` the others). A delay that is not a
+        finite number > 0 gives no reward (``rejected_rewards``; the transition is dropped);
+        one over ``MAX_REWARD_DELAY_S`` is clipped to it (``clipped_rewards``)."""
+        if not self.learn:
+            return
+        try:
+            delay = float(delay_s)
+        except (TypeError, ValueError):
+            delay = math.nan
+        if not (math.isfinite(delay) and delay > 0):
+            self.stats["rejected_rewards"] += 1
+            self.rewards.append((task_id, None))
+            return
+        if delay > MAX_REWARD_DELAY_S:
+            self.stats["clipped_rewards"] += 1
+            delay = MAX_REWARD_DELAY_S
+        self.rewards.append((task_id, delay))
+
+    def abandon(self, task_id: str) -> None:
+        """A placed task failed, was cancelled or was reclaimed for good: no reward."""
         if self.learn:
-            self.rewards.append((task_id, delay_s))
+            self.rewards.append((task_id, None))
 
     # --- the training thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        if self.scheduler is None:
+        if self.scheduler is None and not self._warm_start():
+            return
+        try:
+            self._train_loop()
+        except Exception as exc:  # whatever it was, status must say so, not "ready"
+            log.exception("the policy's training thread stopped")
+            self.learn = False  # no more rewards queued for a thread that is gone
+            self._fail(
+                f"training stopped ({type(exc).__name__}: {exc}); "
+                "the policy decides with its last good weights, without learning"
+            )
+
+    def _warm_start(self) -> bool:
+        """Build a fresh actor (imitating greedy); False, with status saying why, if it fails."""
+        try:
             capacities = self._wait_for_capacities()
             self.stats["warm_start"] = (
                 "greedy on measured capacities"
@@ -173,15 +263,18 @@ class SchedulerHost:
                 else "greedy on the paper's capacity spread (peer speeds not known in time)"
             )
             started = time.monotonic()
-            try:
-                built = self._build(None, capacities)
-            except ConfigError:
-                log.exception("the %s policy could not be built; greedy decides", self.policy)
-                return
-            with self.lock:
-                self.scheduler = built
-            self.stats["ready"] = True
-            log.info("policy %s ready in %.1f s", self.policy, time.monotonic() - started)
+            built = self._build(None, capacities)
+        except Exception as exc:  # a torch error as much as a ConfigError: greedy decides
+            log.exception("the %s policy could not be built", self.policy)
+            self._fail(f"warm start failed ({type(exc).__name__}: {exc}); greedy decides")
+            return False
+        with self.lock:
+            self.scheduler = built
+        self.stats.update(ready=True, state=READY)
+        log.info("policy %s ready in %.1f s", self.policy, time.monotonic() - started)
+        return True
+
+    def _train_loop(self) -> None:
         last_save = time.monotonic()
         while not self._stop.is_set():
             started = time.monotonic()
@@ -209,9 +302,11 @@ class SchedulerHost:
         with self.lock:
             while self.rewards:
                 task_id, delay_s = self.rewards.popleft()
-                if self.scheduler.complete(task_id, delay_s):
+                if delay_s is None:
+                    self.stats["abandoned"] += int(self.scheduler.abandon(task_id))
+                elif self.scheduler.complete(task_id, delay_s):
                     self.stats["rewards"] += 1
-            losses = self.scheduler.train_step()
+            losses = self.scheduler.train_step()  # None too when rolled back (NaN/inf)
         if losses is None:
             return False
         self.stats["trained_steps"] += 1
@@ -219,13 +314,19 @@ class SchedulerHost:
         return True
 
     def save(self) -> bool:
-        if self.scheduler is None or not self.learn:
+        """Checkpoint a learning policy; False if there is none, or it could not be written
+        (a NaN/inf weight: ``save_refused`` says so, the last checkpoint stays)."""
+        if self.scheduler is None or not self.scheduler.learns:
             return False
         try:
             with self.lock:
                 saved = self.scheduler.save(self.save_path)
         except OSError as exc:
             log.warning("could not checkpoint the policy to %s: %s", self.save_path, exc)
+            return False
+        except CheckpointError as exc:
+            log.error("policy checkpoint refused: %s", exc)
+            self.stats["save_refused"] = str(exc)
             return False
         if saved:
             self.stats["checkpoint"] = str(self.save_path)
@@ -240,5 +341,18 @@ class SchedulerHost:
             self.save()
 
     def status(self) -> dict[str, Any]:
-        total = getattr(self.scheduler, "trained_steps", 0) if self.scheduler is not None else 0
-        return {"policy": self.policy, "learn": self.learn, **self.stats, "total_steps": total}
+        scheduler = self.scheduler
+        insane = self.fallback.insane_states
+        total = rejected = dropped = 0
+        if scheduler is not None:
+            total, insane = scheduler.trained_steps, insane + scheduler.insane_states
+            rejected, dropped = scheduler.rejected_updates, scheduler.dropped_transitions
+        return {
+            "policy": self.policy,
+            "learn": self.learn,
+            **self.stats,
+            "total_steps": total,
+            "insane_states": insane,  # decided by greedy on a sanitised state, not recorded
+            "rejected_updates": rejected,  # training steps rolled back (NaN/inf)
+            "dropped_transitions": dropped,  # completed transitions with NaN/inf, not buffered
+        }

@@ -140,6 +140,19 @@ class PeerSecurity:
         current = link.current()
         client_security(sock, current[1] if current else self.own.public, self.own)
 
+    def peer_keys(self) -> frozenset[bytes]:
+        """Keys that belong to agents: ours, the pinned ones, and every peer link's server key
+        that a handshake proved. Peers connect to us with that same key pair, so a frame
+        signed by one of these keys comes from a peer (``authority.py``)."""
+        keys = {public for _, public in self.pinned.values()}
+        if self.own is not None:
+            keys.add(self.own.public)
+        for link in self.links.values():
+            current = link.current() if link.confirmed else None
+            if current is not None:
+                keys.add(current[1])
+        return frozenset(keys)
+
     def key_name(self, endpoint: str) -> str | None:
         link = self.links.get(endpoint)
         current = link.current() if link is not None and link.confirmed else None

@@ -171,5 +171,11 @@ class PeerTable:
                 changed.append((slot, new))
         return changed
 
+    def forgive_(self, now: float) -> None:
+        """Count every peer's silence from ``now`` (this agent itself was frozen)."""
+        for slot, peer in self.by_slot.items():
+            if peer.last_heard is not None:
+                self.by_slot[slot] = replace(peer, last_heard=max(peer.last_heard, now))
+
     def up_slots(self) -> set[int]:
         return {p.slot for p in self.by_slot.values() if p.state.schedulable}

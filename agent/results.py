@@ -7,9 +7,10 @@ which lets recovery mark a task done whose journal commit was lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +30,31 @@ class ResultStore:
 
     def _write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            if self._fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:  # os.write may write less than asked
+                    view = view[os.write(fd, view) :]
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # ENOSPC and the like: no half file stays behind
+            raise
 
     def write(self, task: TaskId, png: bytes, meta: dict[str, Any]) -> None:
+        """Store a result whole or not at all; OSError (e.g. ENOSPC) leaves no new file."""
         png_path, meta_path = self._paths(task)
         self._write(png_path, png)
-        self._write(meta_path, json.dumps(meta, sort_keys=True).encode())
+        try:
+            self._write(meta_path, json.dumps(meta, sort_keys=True).encode())
+        except BaseException:
+            if not meta_path.exists():  # an image without its metadata is not a result
+                png_path.unlink(missing_ok=True)
+            raise
         if self._fsync:
             # Make the renames themselves durable.
             fd = os.open(self.directory, os.O_RDONLY)
@@ -74,3 +89,38 @@ class ResultStore:
             path.unlink(missing_ok=True)
             removed += 1
         return removed
+
+    def sizes(self) -> dict[str, tuple[int, float]]:
+        """Bytes on disk and newest modification time of each task's result files."""
+        found: dict[str, tuple[int, float]] = {}
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                task, dot, suffix = entry.name.rpartition(".")
+                if not dot or suffix not in ("png", "json"):
+                    continue  # *.tmp and strangers
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                size, mtime = found.get(task, (0, 0.0))
+                found[task] = (size + stat.st_size, max(mtime, stat.st_mtime))
+        return found
+
+    def usage(self) -> tuple[int, int]:
+        """(result files, their bytes): images and metadata, not temporaries."""
+        files = total = 0
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.name.endswith((".png", ".json")):
+                    with contextlib.suppress(FileNotFoundError):
+                        total += entry.stat().st_size
+                        files += 1
+        return files, total
+
+    def orphans(self, known: Container[str], now: float, min_age_s: float) -> list[str]:
+        """Tasks with result files but not in ``known``, untouched for ``min_age_s``."""
+        return sorted(
+            task
+            for task, (_, mtime) in self.sizes().items()
+            if task not in known and mtime < now - min_age_s
+        )

@@ -7,7 +7,14 @@ sit in ``authorized_keys_dir`` (``*.key`` files) plus its own key (whoever holds
 key is the agent already). The ZAP handler is pyzmq's ``ThreadAuthenticator``: the daemon
 is a synchronous poll loop with no asyncio event loop, and the thread runs the handler
 beside it without one (STYLE.md names ``AsyncioAuthenticator``, which needs a running
-loop). Authorized keys are re-read when the directory changes: no restart needed.
+loop). Authorized keys are re-read when the directory changes: no restart needed. Every
+authorized key is accepted whatever its role; ``role_lookup`` tells the daemon the role of
+a frame's ZAP User-Id (the z85 key) for ``agent/authority.py``.
+
+Bounded at the socket edge: refused keys are counted, not remembered, and reported in at
+most one log line per ``REFUSAL_LOG_EVERY_S`` (a flood of fresh keys costs neither memory
+nor log space); ``harden_server_socket`` gives every bound socket, CURVE or not, a
+handshake deadline shorter than libzmq's 30 s, so half-open connections are dropped.
 
 When CURVE applies to a bound socket (``curve_required``): ``curve = true`` (the default)
 and either the key pair exists or the endpoint is reachable beyond loopback (then the key
@@ -18,6 +25,8 @@ API (for the daemon, peers and ``dedgeai demo``; the key files are ``keys.py``'s
 
     SecurityConfig.from_config(config: AgentConfig) -> SecurityConfig
     server_security(socket, keys: SecurityConfig, endpoint: str) -> ThreadAuthenticator | None
+    harden_server_socket(socket) -> None
+    role_lookup(context) -> Callable[[bytes | str], str | None]
     client_security(socket, server_public_key: bytes, client_keys: KeyPair) -> None
     HandshakeMonitor(socket, endpoint, curve: bool, public_key_path: Path | None)
         .socket (register in a poller) · .failure() -> HandshakeFailed | None · .check()
@@ -32,9 +41,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +60,8 @@ from dedgeai.agent.keys import (
     AUTHORIZED_DIR,
     SECRET_FILE,
     KeyPair,
-    authorized_keys,
+    Role,
+    authorized_set,
     default_keys_dir,
     load_keypair,
     load_public_key,
@@ -61,7 +73,15 @@ ZAP_DOMAIN = "dedgeai"
 SERVER_KEY_ENV = "DEDGEAI_SERVER_KEY"
 CLIENT_KEYS_ENV = "DEDGEAI_CLIENT_KEYS"
 NO_DETAIL_LIMIT = 3  # handshakes dropped in a row before a wrong server key is assumed
-REFUSAL_LOG_EVERY_S = 60.0  # a refused client reconnects every 100 ms; log it once a minute
+REFUSAL_LOG_EVERY_S = 10.0  # at most one "refused" line per interval, for all keys together
+# A connection that has not finished its ZMTP (and CURVE) handshake by then is closed;
+# libzmq's default is 30 s, long enough for idle half-open connections to pile up.
+HANDSHAKE_IVL_MS = 5_000
+# Reap connections whose far end vanished without a FIN (power loss, cable): probes after
+# a minute of silence, then every 10 s, dropped after 3 unanswered ones.
+TCP_KEEPALIVE_IDLE_S = 60
+TCP_KEEPALIVE_INTVL_S = 10
+TCP_KEEPALIVE_CNT = 3
 
 
 # --- server side -----------------------------------------------------------------
@@ -104,48 +124,56 @@ def curve_required(keys: SecurityConfig, endpoint: str) -> bool:
 
 
 class AuthorizedKeysProvider:
-    """ZAP credentials provider: the authorized keys plus our own, re-read on change."""
+    """ZAP credentials provider: the authorized keys (any role) plus our own, re-read on change.
 
-    def __init__(self, directory: Path, own_public: bytes) -> None:
-        self.directory, self.own_public = directory, own_public
-        self._stamp: tuple[int, int] | None = None
-        self._keys: frozenset[bytes] = frozenset()
+    Called on the authenticator's thread; ``role_of`` is called on the daemon's.
+    """
+
+    def __init__(
+        self, directory: Path, own_public: bytes, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.directory, self.own_public, self.clock = directory, own_public, clock
         self._lock = threading.Lock()
-        self._refused_at: dict[bytes, float] = {}
+        self.refused_total = 0  # handshakes refused since start
+        self._refused_unreported = 0  # ... since the last log line
+        self._reported_at = -math.inf
         self.reload()
 
     def reload(self) -> frozenset[bytes]:
-        try:
-            info = self.directory.stat()
-            stamp: tuple[int, int] | None = (info.st_mtime_ns, info.st_ino)
-        except OSError:
-            stamp = None
-        with self._lock:
-            if stamp != self._stamp or stamp is None:
-                entries = authorized_keys(self.directory)
-                for entry in entries:
-                    if entry.public is None:
-                        log.warning("ignoring %s: no valid CURVE public key in it", entry.path)
-                self._keys = frozenset(e.public for e in entries if e.public is not None)
-                self._stamp = stamp
-            return self._keys
+        """The authorized public keys (z85); rescanned only when the directory changed."""
+        return authorized_set(self.directory).keys
+
+    def role_of(self, key: bytes | str) -> str | None:
+        """The role of a z85 public key (a ZAP User-Id); None when it is not accepted."""
+        z85_key = key.encode("ascii", "replace") if isinstance(key, str) else key
+        if z85_key == self.own_public:
+            return Role.PEER.value  # whoever holds our secret key is this agent already
+        return authorized_set(self.directory).roles.get(z85_key)
 
     def callback(self, domain: str, key: bytes) -> bool:
         if key == self.own_public or key in self.reload():
             return True
-        now = time.monotonic()
-        if now - self._refused_at.get(key, -REFUSAL_LOG_EVERY_S) >= REFUSAL_LOG_EVERY_S:
-            self._refused_at[key] = now
-            log.warning(
-                "refused a connection with unknown CURVE key %s; to allow it: "
-                "`dedgeai keys authorize` its public key file into %s",
-                key.decode(),
-                self.directory,
-            )
+        now = self.clock()
+        with self._lock:
+            self.refused_total += 1
+            self._refused_unreported += 1
+            if now - self._reported_at < REFUSAL_LOG_EVERY_S:
+                return False
+            count, self._refused_unreported, self._reported_at = self._refused_unreported, 0, now
+        log.warning(
+            "refused a connection with unknown CURVE key %s (%d refused since the last "
+            "report, at most one every %g s); to allow a key: `dedgeai keys authorize` its "
+            "public key file into %s",
+            key.decode("ascii", "replace"),
+            count,
+            REFUSAL_LOG_EVERY_S,
+            self.directory,
+        )
         return False
 
 
 _authenticators: dict[int, ThreadAuthenticator] = {}
+_providers: dict[int, AuthorizedKeysProvider] = {}
 _authenticators_lock = threading.Lock()
 
 
@@ -159,11 +187,42 @@ def require_authenticator(
             return auth
         auth = ThreadAuthenticator(context, log=logging.getLogger("dedgeai.agent.zap"))
         auth.start()
-        auth.configure_curve_callback(
-            ZAP_DOMAIN, AuthorizedKeysProvider(keys.authorized_keys_dir, own.public)
-        )
+        provider = AuthorizedKeysProvider(keys.authorized_keys_dir, own.public)
+        auth.configure_curve_callback(ZAP_DOMAIN, provider)
         _authenticators[id(context)] = auth
+        _providers[id(context)] = provider
         return auth
+
+
+def role_lookup(context: zmq.Context) -> Callable[[bytes | str], str | None]:
+    """The role of a ZAP User-Id on this context's CURVE sockets (``None``: not accepted).
+
+    Without an authenticator on the context (keyless mode) every lookup answers None: the
+    sender's role then comes from its address, not from a key (``agent/authority.py``).
+    """
+
+    def lookup(key: bytes | str) -> str | None:
+        with _authenticators_lock:
+            auth, provider = _authenticators.get(id(context)), _providers.get(id(context))
+        if auth is None or auth.context is not context or provider is None:
+            return None
+        return provider.role_of(key)
+
+    return lookup
+
+
+def harden_server_socket(socket: zmq.Socket) -> None:
+    """Bound the resources a connection may hold before it proves anything; before ``bind``.
+
+    A handshake deadline (HANDSHAKE_IVL_MS) and TCP keepalives. Applied by
+    ``server_security`` to the socket it is given, CURVE or not; call it on any other
+    bound socket. ``zmq.MAXMSGSIZE`` stays the caller's (it depends on the socket's job).
+    """
+    socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTVL_S)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_CNT)
 
 
 def server_security(
@@ -177,11 +236,13 @@ def server_security(
         endpoint: the endpoint it will bind, for the loopback rule.
 
     Returns:
-        The context's running authenticator, or None when the socket stays plain.
+        The context's running authenticator, or None when the socket stays plain (it is
+        hardened either way: ``harden_server_socket``).
 
     Raises:
         SecurityError: CURVE is needed and the key pair is missing or unreadable.
     """
+    harden_server_socket(socket)
     if not curve_required(keys, endpoint):
         return None
     own = load_keypair(keys.keys_dir)

@@ -21,6 +21,7 @@ import sdnotify
 from dedgeai.agent.config import AgentConfig
 from dedgeai.agent.errors import ConfigError, DedgeaiError, JournalError
 from dedgeai.agent.exit_codes import ExitCode
+from dedgeai.agent.journal import StorageError
 from dedgeai.models.errors import ModelError
 
 GIL_SWITCH_INTERVAL_S = 0.0005  # Python's default is 0.005
@@ -124,10 +125,13 @@ def run_agent(config: AgentConfig, stop: StopFlag | None = None) -> int:
     started = time.monotonic()
     try:
         daemon = AgentDaemon(config, stop, notifier)
-    except (ConfigError, ModelError) as exc:
+    except StorageError as exc:  # a full disk may pass: systemd restarts it
+        log.error("cannot start: %s", exc)
+        return ExitCode.INTERNAL
+    except (ConfigError, ModelError, JournalError) as exc:  # say what to fix; not retried
         log.error("cannot start: %s", exc)
         return ExitCode.BAD_INPUT
-    except (JournalError, DedgeaiError, OSError) as exc:
+    except (DedgeaiError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return ExitCode.INTERNAL
     try:

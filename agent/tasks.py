@@ -55,6 +55,9 @@ class TaskRecord:
     result: dict[str, Any] = field(default_factory=dict)
     # Where and why it runs: policy, probs, reason, target slot/node/endpoint, redispatches.
     placement: dict[str, Any] = field(default_factory=dict)
+    # Who may read, list and cancel it: the submitter's principal (``agent/authority.py``):
+    # ``key:<z85 public key>`` with CURVE, ``local`` in keyless mode. Forwarding keeps it.
+    owner: str = "local"
 
     @property
     def remaining_steps(self) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 
+from dedgeai.agent.failpoints import failpoint
 from dedgeai.agent.protocol import TaskId
 from dedgeai.agent.results import ResultStore
 from dedgeai.models.backend import Backend, GenerationRequest, SpeedProfile
@@ -228,4 +229,5 @@ class Worker:
         except OSError as exc:
             self._post(JobFailed(task, finished, f"cannot store the result: {exc}"))
             return
+        failpoint("result:written")
         self._post(JobFinished(task, finished, meta, result.png))

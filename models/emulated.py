@@ -42,6 +42,11 @@ class EmulatedPlan:
         )
 
 
+# Behind schedule by more than this, the process was frozen rather than busy: the emulated
+# GPU starts its schedule afresh instead of finishing the missed steps at once.
+FROZEN_S = 0.5
+
+
 class EmulatedBackend:
     """Timing-emulated GPU. Labelled "emulated" everywhere it appears."""
 
@@ -74,7 +79,9 @@ class EmulatedBackend:
         for step in range(1, request.steps + 1):
             deadline += step_s
             remaining = deadline - time.perf_counter()
-            if remaining > 0:
+            if remaining < -FROZEN_S:  # the process was frozen (SIGSTOP): a GPU would not
+                deadline = time.perf_counter()  # have done that time's work meanwhile
+            elif remaining > 0:
                 self._sleep(remaining)
             if on_step is not None and on_step(step, request.steps) is False:
                 raise GenerationCancelled(step, request.steps)

@@ -3,7 +3,8 @@
 ``OnlinePolicy.save/load`` (one agent, the daemon's) and ``save_trained/load_trained``
 (every agent of a ``dedgeai sim train`` run) share the format; ``select_agent`` slices one
 agent out of a simulation checkpoint. A checkpoint for another number of servers or state
-layout is refused with a message saying what differs.
+layout is refused with a message saying what differs. A tensor holding NaN/inf is never
+written, and a file holding one (or that cannot be read) is refused at load as corrupt.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TypeVar
 
 import torch
 
-from dedgeai.scheduler.errors import CheckpointError
+from dedgeai.scheduler.errors import CheckpointError, CorruptCheckpointError
 from dedgeai.scheduler.learner import SlotLearner
 
 CHECKPOINT_FORMAT = "dedgeai-policy/1"
@@ -55,11 +56,30 @@ def select_agent(
     return out
 
 
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` that hold a NaN or an inf."""
+    return [
+        name
+        for name, value in state.items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def describe_nonfinite(names: list[str]) -> str:
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    return f"{len(names)} tensor(s) hold NaN/inf ({shown})"
+
+
 def save_checkpoint(
     path: str | Path, config: dict[str, object], state: dict[str, torch.Tensor]
 ) -> None:
-    """Write tensors + JSON config atomically (a crash never leaves half a checkpoint)."""
+    """Write tensors + JSON config atomically (a crash never leaves half a checkpoint).
+
+    Refuses (``CheckpointError``, nothing written) when a tensor holds NaN/inf."""
     path = Path(path)
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{path}: not saved: {describe_nonfinite(bad)}")
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"config": json.dumps(config), "state": state}, tmp)
     tmp.replace(path)
@@ -74,13 +94,18 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         config = json.loads(blob["config"])
         state = dict(blob["state"])
     except Exception as exc:  # torch raises many types for a corrupt file; all mean the same
-        raise CheckpointError(
+        raise CorruptCheckpointError(
             f"{path}: not a readable policy checkpoint ({type(exc).__name__}: {exc})"
         ) from exc
     if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
+        raise CorruptCheckpointError(
             f"{path}: unknown checkpoint format {config.get('format') if isinstance(config, dict) else None!r}"
         )
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CorruptCheckpointError(f"{path}: checkpoint state holds non-tensor values")
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CorruptCheckpointError(f"{path}: {describe_nonfinite(bad)}")
     return config, state
 
 

@@ -9,6 +9,11 @@ Units: the simulator counts work in Gcycles, the daemon in denoising steps at 51
 paper models a task's work as density x steps (c_n = ρ_n q_n, §1.2), so one 512x512 step is
 taken as ``DENSITY_GCYCLES_PER_STEP`` Gcycles, the middle of the paper's ρ range. Backlogs
 enter the (scaled) state as seconds of work, which does not depend on that choice.
+
+Gossip is hostile input: a state with a NaN/inf, negative or absurd value (bounds in
+``state_checks.py``) never reaches a learned policy. ``decide`` then takes greedy's
+decision on a sanitised state (the faulty servers masked), says so in the reason, records
+no transition and counts it in ``insane_states``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ from dedgeai.scheduler.env import state_dim
 from dedgeai.scheduler.errors import ConfigurationError
 from dedgeai.scheduler.learner import latent_to_memory
 from dedgeai.scheduler.policy import OnlinePolicy
+from dedgeai.scheduler.state_checks import (
+    sane_capacities,
+    sanitized_state,
+    sanitized_task,
+    state_problems,
+    task_problems,
+)
 
 POLICIES = ("lad", "sac", "dqn", "greedy", "least-loaded", "round-robin", "random", "local")
 LEARNED = ("lad", "sac", "dqn")
@@ -61,7 +73,6 @@ class ClusterState:
             and capacity.shape == up.shape
             and 0 <= self.self_index < n_servers
             and up.any()
-            and capacity.min(initial=np.inf, where=up) > 0
         ):
             return  # the daemon's case, checked in few calls; otherwise say what is wrong
         arrays = (
@@ -76,9 +87,15 @@ class ClusterState:
             raise ConfigurationError(f"self index {self.self_index} outside 0..{n_servers - 1}")
         if not np.asarray(self.available).any():
             raise ConfigurationError("no server is available")
-        up = np.asarray(self.available, dtype=bool)
-        if not np.all(np.asarray(self.capacity_steps_per_s)[up] > 0):
-            raise ConfigurationError("every available server needs a capacity > 0 steps/s")
+
+    def problems(self) -> list[str]:
+        """Each NaN/inf, negative or out-of-bounds value, described; [] for a sane state
+        (bounds: ``state_checks.py``; shapes are ``validate``'s job)."""
+        return state_problems(self)
+
+    def sanitized(self) -> ClusterState:
+        """This state with its faulty servers masked (``state_checks.sanitized_state``)."""
+        return sanitized_state(self)
 
     def transfer(self) -> np.ndarray:
         if self.transfer_s is None:
@@ -90,6 +107,12 @@ class ClusterState:
 class TaskSpec:
     demand_steps: float  # steps x (w*h)/(512*512)
     size_mbit: float  # request size
+
+    def problems(self) -> list[str]:
+        return task_problems(self)
+
+    def sanitized(self) -> TaskSpec:
+        return sanitized_task(self)
 
 
 @dataclass(frozen=True)
@@ -143,6 +166,7 @@ class ClusterScheduler:
         self._rng = np.random.default_rng(seed)
         self._next_rr = self_index
         self._interval_index = 0
+        self.insane_states = 0  # decisions on a state that failed ``ClusterState.problems``
         self._learned: OnlinePolicy | None = None
         self._learn = learn and policy in LEARNED
         if not 0.0 <= explore_epsilon <= 1.0:
@@ -207,11 +231,25 @@ class ClusterScheduler:
     def decide(
         self, task: TaskSpec, cluster: ClusterState, task_id: str | None = None
     ) -> Placement:
+        """A target for ``task``; on an insane state, greedy's (a heuristic: its own) on the
+        sanitised state, with the faults in the reason and no transition recorded."""
         cluster.validate(self.n_servers)
-        up = np.asarray(cluster.available, dtype=bool)
+        faults = task.problems() + cluster.problems()
+        if faults:
+            self.insane_states += 1
+            name = "greedy" if self.policy in LEARNED else self.policy
+            placement = self._decide_heuristic(name, task.sanitized(), cluster.sanitized())
+            more = f"; {len(faults) - 3} more" if len(faults) > 3 else ""
+            shown = "; ".join(faults[:3]) + more
+            reason = f"state rejected ({shown}), {name} on the rest: {placement.reason}"
+            return Placement(placement.target, placement.probs, name, reason)
         if self._learned is not None:
             return self._decide_learned(task, cluster, task_id)
-        name = self.policy if self.policy not in LEARNED else "local"
+        return self._decide_heuristic(self.policy, task, cluster)
+
+    def _decide_heuristic(self, policy: str, task: TaskSpec, cluster: ClusterState) -> Placement:
+        up = np.asarray(cluster.available, dtype=bool)
+        name = policy if policy not in LEARNED else "local"
         if name == "greedy":
             finish = estimated_finish_s(task, cluster)
             target = int(np.argmin(finish))
@@ -284,11 +322,27 @@ class ClusterScheduler:
         return Placement(target, probs, self.policy, f"{how}p={chosen:.2f} (max {most:.2f})")
 
     def complete(self, task_id: str, delay_s: float) -> bool:
-        """The observed service delay of a decided task: its reward (−delay)."""
+        """The observed service delay of a task that ran to completion: its reward (−delay).
+        False for an unknown id, or a delay that is not a finite number ≥ 0 (dropped)."""
         if not self.learns:
             return False
         assert self._learned is not None
         return self._learned.complete(task_id, delay_s)
+
+    def abandon(self, task_id: str) -> bool:
+        """A decided task that failed or was cancelled: its transition goes, no reward."""
+        if not self.learns:
+            return False
+        assert self._learned is not None
+        return self._learned.abandon(task_id)
+
+    @property
+    def rejected_updates(self) -> int:
+        return 0 if self._learned is None else self._learned.rejected_updates
+
+    @property
+    def dropped_transitions(self) -> int:
+        return 0 if self._learned is None else self._learned.dropped_transitions
 
     def train_step(self) -> dict[str, float] | None:
         if not self.learns:
@@ -301,7 +355,8 @@ class ClusterScheduler:
         return 0 if self._learned is None else self._learned.trained_steps
 
     def save(self, path: Path) -> bool:
-        """Checkpoint a learned policy; False for heuristics (nothing to save)."""
+        """Checkpoint a learned policy; False for heuristics (nothing to save).
+        ``CheckpointError`` (nothing written) when a weight is NaN/inf."""
         if self._learned is None:
             return False
         self._learned.save(path)
@@ -319,6 +374,7 @@ class ClusterScheduler:
         assert self._learned is not None
         rng = np.random.default_rng(1234)
         B, K = self.n_servers, WARM_START_SAMPLES
+        capacities = sane_capacities(capacities, B)
         if capacities is None:
             capacity = rng.uniform(10, 50, size=(K, B))
         else:
@@ -344,6 +400,8 @@ class ClusterScheduler:
         self._learned.imitate(
             states, soft_greedy(finish), available, steps=WARM_START_STEPS, lr=1e-2
         )
+        if not self._learned.learner.weights_finite():
+            raise ConfigurationError("the warm start diverged (NaN/inf weights)")
 
 
 def soft_greedy(finish_s: np.ndarray, temperature: float = SOFT_GREEDY_TEMPERATURE) -> np.ndarray:

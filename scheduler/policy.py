@@ -3,8 +3,11 @@
 - ``OnlinePolicy.decide(states, mask, task_index)`` scores one task or a batch in one pass,
   never picks a masked (down) server, and keeps this server's latent memory X_b[n].
 - Rewards arrive later (when a task's result is back): ``decide`` records a pending
-  transition per task id, ``complete(task_id, delay_s)`` fills in its reward; its next state is
-  the next decision this agent makes. ``train_step()`` runs one SAC/DQN update when warm.
+  transition per task id, ``complete(task_id, delay_s)`` fills in its reward (``abandon``
+  drops it: no reward); its next state is the next decision this agent makes.
+  ``train_step()`` runs one SAC/DQN update when warm, rolled back if it yields NaN/inf.
+- NaN/inf never reaches the networks, the replay buffer or a checkpoint: such a state is
+  refused by ``decide``, such a transition is dropped before the buffer, such a step undone.
 - Checkpoints are a torch file of tensors plus a JSON config string, read with
   ``weights_only=True``; one made for another number of servers or another state layout is
   refused with a message saying what differs.
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ from dedgeai.scheduler.config import EnvConfig, LearnConfig, Switches
 from dedgeai.scheduler.dqn_ts import DQNTS
 from dedgeai.scheduler.dsac import SACTS, masked_probs
 from dedgeai.scheduler.env import STATE_SCALE_S, state_dim
-from dedgeai.scheduler.errors import CheckpointError, ConfigurationError
+from dedgeai.scheduler.errors import CheckpointError, ConfigurationError, CorruptCheckpointError
 from dedgeai.scheduler.lad_ts import D2SACTS, LADTS
 from dedgeai.scheduler.learner import SlotLearner, latent_to_memory
 from dedgeai.scheduler.numpy_actor import NumpyActor, latent_to_memory_np
@@ -84,6 +88,8 @@ class OnlinePolicy:
         self._complete: deque[dict[str, np.ndarray]] = deque()  # transitions awaiting the buffer
         self._last_decided: list[str] = []
         self.trained_steps = 0
+        self.rejected_updates = 0  # training steps rolled back (NaN/inf losses or weights)
+        self.dropped_transitions = 0  # completed transitions holding NaN/inf, not buffered
         # Deployment exploration draws from its own stream: sampling mode is left untouched.
         self._explore_rng = np.random.default_rng([seed, agent, 0x5EED])
         # One-task argmax decisions (the daemon's) run on NumPy views of the same parameters.
@@ -163,6 +169,8 @@ class OnlinePolicy:
             raise ConfigurationError(
                 f"state has {states.shape[1]} features; this policy expects {self.layout.state_dim}"
             )
+        if not np.isfinite(states).all():  # it would poison X_b[n] and the replay buffer
+            raise ConfigurationError("state holds NaN/inf: sanitise it before deciding")
         if (greedy or mean_path) and K == 1:
             return self._decide_one(
                 states[0], mask, task_index, task_ids, explore_epsilon if greedy else 0.0, greedy
@@ -296,20 +304,33 @@ class OnlinePolicy:
                 self._pending.popitem(last=False)
 
     def complete(self, task_id: str, delay_s: float) -> bool:
-        """Give a recorded decision its reward (−delay); False if the id is unknown."""
+        """Give a recorded decision its reward (−delay); False if the id is unknown, or if
+        the delay is not a finite number ≥ 0 (the transition is then dropped)."""
         entry = self._pending.get(task_id)
         if entry is None:
             return False
+        if not (math.isfinite(delay_s) and delay_s >= 0):
+            del self._pending[task_id]
+            return False
         reward = -float(delay_s) / (STATE_SCALE_S if self.switches.reward_scaling else 1.0)
-        entry["r"] = np.float32(reward)
+        with np.errstate(over="ignore"):  # beyond float32: −inf, dropped before the buffer
+            entry["r"] = np.float32(reward)
         self._push_if_complete(task_id)
         return True
+
+    def abandon(self, task_id: str) -> bool:
+        """Drop a recorded decision without a reward (its task failed or was cancelled:
+        the time until then says nothing about the server); False if the id is unknown."""
+        return self._pending.pop(task_id, None) is not None
 
     def _push_if_complete(self, task_id: str) -> None:
         entry = self._pending[task_id]
         if "r" in entry and "s2" in entry:
             del self._pending[task_id]
-            self._complete.append(entry)  # into the replay buffer by the next train_step
+            if all(np.isfinite(v).all() for v in entry.values()):
+                self._complete.append(entry)  # into the replay buffer by the next train_step
+            else:
+                self.dropped_transitions += 1
 
     def _flush(self) -> None:
         while self._complete:
@@ -325,15 +346,19 @@ class OnlinePolicy:
         return int(self.learner.replay.size[0])
 
     def train_step(self) -> dict[str, float] | None:
-        """One update when the buffer holds more than the warm-up; None otherwise."""
+        """One update when the buffer holds more than the warm-up; None otherwise, or when
+        the update was rolled back (NaN/inf losses or weights; counted in ``rejected_updates``)."""
         learner = self.learner
         self._flush()
         ready = learner.replay.size > self.learn_cfg.warmup
         if not bool(ready.any()):
             return None
-        metrics = learner._update(
+        metrics = learner.guarded_update(
             learner.replay.sample(self.learn_cfg.batch_size, learner.generator), ready
         )
+        if metrics is None:
+            self.rejected_updates += 1
+            return None
         learner.updates += 1
         self.trained_steps += 1
         return metrics
@@ -434,7 +459,9 @@ class OnlinePolicy:
             method = str(config["method"])
             n_agents = int(config["n_agents"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: checkpoint config is incomplete ({exc})") from exc
+            raise CorruptCheckpointError(
+                f"{path}: checkpoint config is incomplete ({exc})"
+            ) from exc
         policy = cls(method, env, agent, switches, learn, seed)
         if expect is not None and expect != policy.layout:
             raise CheckpointError(
@@ -448,6 +475,8 @@ class OnlinePolicy:
         try:
             policy.learner.load_networks_state(state)
         except (RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{path}: tensors do not fit a {method} policy: {exc}") from exc
+            raise CorruptCheckpointError(
+                f"{path}: tensors do not fit a {method} policy: {exc}"
+            ) from exc
         policy.trained_steps = int(config.get("trained_steps", 0))
         return policy

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import msgpack
@@ -63,7 +64,7 @@ def _fake_peers(endpoints: list[str], stop: threading.Event) -> None:
             msg = msgpack.unpackb(frame)
             if msg["type"] == "gossip":
                 body = {
-                    "node": f"fake-{i}",
+                    "node": str(uuid.UUID(int=i + 1)),
                     "name": f"fake-{i}",
                     "endpoint": endpoint,
                     "sent_at": time.time(),

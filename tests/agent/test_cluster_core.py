@@ -89,7 +89,7 @@ class FakeStore:
     def result_meta(self, task: str) -> None:
         return None
 
-    def recent(self, limit: int, state: str | None) -> list[Any]:
+    def recent(self, limit: int, state: str | None, owner: str | None = None) -> list[Any]:
         return []
 
     def take_seq(self) -> int:

@@ -10,6 +10,7 @@ import zmq
 
 from dedgeai.agent import protocol as p
 from dedgeai.agent.client import AgentClient
+from dedgeai.agent.errors import TaskNotFound
 from dedgeai.models.backend import GenerationRequest
 
 from .conftest import cluster_view, wait_for  # noqa: TID252
@@ -53,6 +54,14 @@ def test_forwarded_task_result_reaches_the_client_through_its_origin(cluster_fac
     assert view["decisions"]["count"] == 2
 
 
+def _step_at(client: AgentClient, task: str) -> int:
+    """The step ``task`` reached on that agent (0 while the agent does not know it yet)."""
+    try:
+        return client.result(task).get("step") or 0
+    except TaskNotFound:
+        return 0
+
+
 def _collect_dones(sock: zmq.Socket, task: str, timeout_s: float, linger_s: float) -> list[Any]:
     """Every `done` for ``task`` until ``linger_s`` after the first (or the timeout)."""
     dones: list[p.Reply] = []
@@ -86,10 +95,8 @@ def test_kill_9_of_the_target_mid_task_finishes_elsewhere_exactly_once(
         task = p.new_task_id()
         sock.send(p.encode(p.envelope("submit", "s1", **p.request_to_wire(slow), task=task)))
         assert p.parse_reply(sock.recv_multipart()).type == "accepted"
-        with b.client() as client:  # the peer is running it
-            wait_for(
-                lambda: (client.result(task).get("step") or 0) >= 2, 20.0, "the peer to run it"
-            )
+        with b.client() as client:  # the peer is running it (once its forward arrived)
+            wait_for(lambda: _step_at(client, task) >= 2, 20.0, "the peer to run it")
         assert b.proc is not None
         b.proc.send_signal(signal.SIGKILL)
         b.proc.wait(10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import uuid
 from typing import Any
 
 import msgpack
@@ -73,12 +74,17 @@ def test_a_peer_speaking_another_protocol_version_gets_an_error_not_a_crash(
 
 def test_gossip_is_strict_about_its_fields(shared_agent: Any, raw_peer: Any) -> None:
     peer = raw_peer(shared_agent.endpoint)
-    bad = {"node": "n", "sent_at": 1.0, "backlog_steps": "x", "interval_load_steps": 0}
+    bad = {
+        "node": str(uuid.uuid4()),
+        "sent_at": 1.0,
+        "backlog_steps": "x",
+        "interval_load_steps": 0,
+    }
     peer.send(p.encode(p.envelope("gossip", "g1", **bad)))
     reply = peer.recv()
     assert reply.get("code") == "bad_field" and reply.get("field") == "backlog_steps"
-    body = {"node": "n", "sent_at": 1.0, "backlog_steps": 0, "interval_load_steps": 0}
+    body = {"node": str(uuid.uuid4()), "sent_at": 1.0, "backlog_steps": 0, "interval_load_steps": 0}
     peer.send(p.encode(p.envelope("gossip", "g2", **body)))
-    reply = peer.recv()
-    assert reply.type == "gossip" and reply.get("echo_sent_at") == 1.0
-    assert reply.get("node") and reply.get("capacity_steps_per_s") is not None
+    reply = peer.recv()  # well formed, but a lone keyless agent has no peers to hear from
+    assert reply.type == "error" and reply.get("code") == "forbidden"
+    assert "peer" in reply.get("message")

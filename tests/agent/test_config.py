@@ -54,7 +54,7 @@ def test_file_and_overrides(tmp_path):
     [
         ("max_queu = 3\n", "unknown key(s) ['max_queu']"),
         ('max_queue = "3"\n', "`max_queue` must be int"),
-        ("max_queue = 0\n", "`max_queue` must be > 0"),
+        ("max_queue = 0\n", "`max_queue` must be in 1..1000000"),
         ("insecure = 1\n", "`insecure` must be bool"),
         ("max_queue = true\n", "`max_queue` must be int"),
         ('journal_sync = "sometimes"\n', "must be one of ['normal', 'full']"),

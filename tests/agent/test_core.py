@@ -36,8 +36,9 @@ class FakeStore:
     def result_meta(self, task: str) -> dict[str, Any] | None:
         return self.metas.get(task)
 
-    def recent(self, limit: int, state: str | None) -> list[TaskRecord]:
-        return list(self.saved.values())[-limit:]
+    def recent(self, limit: int, state: str | None, owner: str | None = None) -> list[TaskRecord]:
+        rows = [t for t in self.saved.values() if owner in (None, t.owner)]
+        return rows[-limit:]
 
     def take_seq(self) -> int:
         self.seq += 1

@@ -26,6 +26,8 @@ EXPECTED_EXIT = {
     ErrorCode.CANCELLED: ExitCode.TASK_FAILED,
     ErrorCode.SHUTTING_DOWN: ExitCode.BUSY,
     ErrorCode.INTERNAL: ExitCode.INTERNAL,
+    ErrorCode.FORBIDDEN: ExitCode.BAD_INPUT,
+    ErrorCode.STORAGE: ExitCode.BUSY,
 }
 
 

@@ -87,9 +87,11 @@ def test_random_input_only_ever_raises_protocol_error():
 
 
 def test_reply_round_trip_keeps_png_frame():
-    frames = [p.encode(p.envelope("done", "r1", task="t", width=256)), b"\x89PNG"]
+    # Stricter since issue 10: `task` must be a UUID and the frame must start with the PNG magic.
+    task, png = str(p.new_task_id()), p.PNG_MAGIC + b"rest"
+    frames = [p.encode(p.envelope("done", "r1", task=task, width=256)), png]
     reply = p.parse_reply(frames)
-    assert reply.type == "done" and reply.id == "r1" and reply.png == b"\x89PNG"
+    assert reply.type == "done" and reply.id == "r1" and reply.png == png
     assert reply.get("width") == 256
     with pytest.raises(ProtocolError):
         p.parse_reply([p.encode({"v": 9, "type": "done"})])
