@@ -274,6 +274,7 @@ class AgentDaemon:
         effects += self.core.plan(now)
         self._execute(effects)
         self._last_turn_at = time.time()
+        self.worker.loop_alive_at = time.monotonic()
 
     def _resumed_from_pause(self, now: float) -> list[Effect]:
         """The loop did not turn for several gossip intervals (SIGSTOP, a suspended VM, a

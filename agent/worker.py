@@ -25,6 +25,8 @@ from dedgeai.models.backend import Backend, GenerationRequest, SpeedProfile
 from dedgeai.models.errors import GenerationCancelled
 
 log = logging.getLogger("dedgeai.agent.worker")
+LOOP_STALE_S = 0.5  # the loop turns every 0.1 s: staler than this, the process was frozen
+LOOP_WAIT_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class Worker:
         self._profile = (profile_cache, profile_sizes, profile_steps)
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._cancel: TaskId | None = None  # read between steps; a str swap is atomic
+        self.loop_alive_at = time.monotonic()  # the daemon's loop sets it every turn
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
         self._wake: zmq.Socket | None = None
@@ -178,11 +181,19 @@ class Worker:
             log.exception("measuring the backend's speed failed")
             self._post(ProfileReady(None, f"{type(exc).__name__}: {exc}"))
 
+    def _wait_for_loop(self) -> None:
+        """After a freeze (SIGSTOP, a suspended VM) both threads wake at once: let the loop
+        turn first, since it may take this job back (its origin may have run it elsewhere)
+        before the worker finishes it. A live loop turns every poll interval."""
+        while not self._stopping and time.monotonic() - self.loop_alive_at > LOOP_STALE_S:
+            time.sleep(LOOP_WAIT_S)
+
     def _execute(self, job: Job) -> None:
         task, steps = job.task, job.request.steps
 
         def on_step(step: int, total: int) -> bool:
             self._post(StepDone(task, step, total))
+            self._wait_for_loop()
             return not (self._stopping or self._cancel == task)
 
         try:
