@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dedgeai.agent.cli_agent import agent_run
+from dedgeai.agent.client.cli_tasks import agent_run
 
 
 def main() -> None:

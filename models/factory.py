@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from dedgeai.models.backend import Backend
+from dedgeai.models.backend import Backend, BackendSpec
 from dedgeai.models.emulated import EmulatedBackend
 
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """Which backend to build and with what limits.
-
-    ``model`` is ``"tiny"`` (built-in random-weight SD3, images are noise), ``"emulated"``
-    (timing stand-in, no images) or a path to SD3-medium weights (a diffusers directory or
-    the three-file layout).
-    """
-
-    model: str = "tiny"
-    vram_budget_bytes: int | None = None  # None: free VRAM read with pynvml minus a margin
-    device: str | None = None  # None: cuda when available, else cpu
-    emulated_steps_per_second: float = 10.0
-    placement: str | None = None  # force a placement kind instead of choosing by budget
+__all__ = ["BackendSpec", "create_backend"]  # the spec lives with the Backend interface
 
 
 def create_backend(spec: BackendSpec) -> Backend:

@@ -19,6 +19,7 @@ from diffusers import StableDiffusion3Pipeline
 
 from dedgeai.models import devices
 from dedgeai.models.backend import (
+    BackendSpec,
     GenerationRequest,
     GenerationResult,
     SpeedProfile,
@@ -27,7 +28,6 @@ from dedgeai.models.backend import (
 )
 from dedgeai.models.components import MODULE_NAMES, SD3Configs, SD3Modules, measure_sizes
 from dedgeai.models.errors import GenerationCancelled, InvalidRequest, PlacementError
-from dedgeai.models.factory import BackendSpec
 from dedgeai.models.placement import (
     CLIP_TOKENS,
     GIB,

@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent.client import AgentClient
+from dedgeai.agent.client.library import AgentClient
 from dedgeai.models.backend import GenerationRequest
 
 TARGETS = {"submit_median_ms": 1.0, "submit_p99_ms": 5.0, "status_per_s": 2000.0,

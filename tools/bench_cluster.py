@@ -1,6 +1,6 @@
 """Benchmark the scheduling policies on eight local agents with EMULATED backends.
 
-Eight agents on loopback (``dedgeai.agent.cluster_harness``), each an EMULATED GPU whose
+Eight agents on loopback (``dedgeai.agent.lab.harness``), each an EMULATED GPU whose
 speed follows the paper's capacity spread (the first eight capacities of its setting,
 50 25 18 32 28 21 50 17, times ``--scale`` steps/s per unit). One Poisson arrival trace
 per load level (0.6, 0.9, 1.2 of the cluster's total speed; 10-19 steps per task as in
@@ -32,8 +32,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent.cluster_harness import ClusterError, LocalCluster, supports
-from dedgeai.agent.cluster_load import Arrival, Replayer, percentile, poisson_trace, summarise
+from dedgeai.agent.lab.harness import ClusterError, LocalCluster, supports
+from dedgeai.agent.lab.load import Arrival, Replayer, percentile, poisson_trace, summarise
 
 CAPACITIES = (50, 25, 18, 32, 28, 21, 50, 17)  # the paper's first eight (relative, 10-50)
 POLICIES = ("lad", "sac", "dqn", "greedy", "least-loaded", "round-robin", "random", "local")

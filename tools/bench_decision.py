@@ -30,8 +30,8 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent import protocol as p
-from dedgeai.agent.client import AgentClient
+from dedgeai.agent.client.library import AgentClient
+from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
 
 

@@ -35,7 +35,7 @@ from msgspec import Meta, Struct
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent import protocol as p
+from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
 
 # --- the msgspec variant --------------------------------------------------------------

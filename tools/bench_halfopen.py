@@ -39,10 +39,10 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent.client import AgentClient
+from dedgeai.agent.client.library import AgentClient
 from dedgeai.agent.errors import DedgeaiError
-from dedgeai.agent.keys import AUTHORIZED_DIR, authorize, generate_keypair
-from dedgeai.agent.security import HANDSHAKE_IVL_MS, ClientSecurity
+from dedgeai.agent.security.curve import HANDSHAKE_IVL_MS, ClientSecurity
+from dedgeai.agent.security.keys import AUTHORIZED_DIR, authorize, generate_keypair
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "dedgeai-agent.service"
 TARGET_S = 1.0  # an authorized client is served within this, N half-open connections held

@@ -43,11 +43,11 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent import protocol as p
-from dedgeai.agent.client import AgentClient
-from dedgeai.agent.cluster_harness import ClusterError, LocalAgent, LocalCluster
-from dedgeai.agent.cluster_load import Arrival, poisson_trace
+from dedgeai.agent.client.library import AgentClient
 from dedgeai.agent.errors import DedgeaiError, PeerUnavailable
+from dedgeai.agent.lab.harness import ClusterError, LocalAgent, LocalCluster
+from dedgeai.agent.lab.load import Arrival, poisson_trace
+from dedgeai.agent.node import protocol as p
 
 KINDS = ("kill", "stop", "restart")
 CLIENT_TIMEOUT_S = 3.0  # a client's silence before it asks again (and re-subscribes)

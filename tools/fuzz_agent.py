@@ -37,9 +37,9 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent import protocol as p
-from dedgeai.agent.cluster_harness import ClusterError, LocalCluster, free_ports
 from dedgeai.agent.errors import DedgeaiError
+from dedgeai.agent.lab.harness import ClusterError, LocalCluster, free_ports
+from dedgeai.agent.node import protocol as p
 
 PEER_HOST = "127.0.0.1"  # the configured peer's host: senders from here are peers
 CLIENT_HOST = "127.0.0.2"  # any other loopback address: senders from here are clients

@@ -4,7 +4,7 @@ A small discrete-event model of the benchmark's cluster, without sockets or proc
 FIFO servers at the paper's first eight capacities x 0.4 steps/s, tasks of 10-19 steps
 arriving as a Poisson stream at uniform origins, and each server publishing its backlog
 once per gossip interval (each at its own phase). An origin sees every peer's last report
-plus the work it has itself sent there since (as ``agent/cluster.py`` does) and its own
+plus the work it has itself sent there since (as ``agent/cluster/coordinator.py`` does) and its own
 queue exactly. Policies: ``greedy`` (earliest estimated finish) and soft greedy, drawn from
 π(n) ∝ exp(−(f_n − f_min) / (T · f_min)) (``scheduler/online.py: soft_greedy``), for a few
 temperatures T. Every policy replays the same arrivals; the table shows the mean service

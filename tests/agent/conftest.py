@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import zmq
 
-from dedgeai.agent import protocol as p
-from dedgeai.agent.client import AgentClient
+from dedgeai.agent.client.library import AgentClient
+from dedgeai.agent.node import protocol as p
 
 START_TIMEOUT_S = 90.0  # the tiny model imports torch; the CI box has 2 shared cores
 

@@ -1,6 +1,6 @@
 """The authority model: who sent a frame, what that role may send, whose tasks it may touch.
 
-Pure tests of ``agent/authority.py`` and of the core's ownership rules, then real agents:
+Pure tests of ``agent/security/authority.py`` and of the core's ownership rules, then real agents:
 a keyless one that refuses peer messages from a client, and a CURVE one whose clients see
 only their own tasks (issue 10, items 4, 5 and 7).
 """
@@ -12,8 +12,12 @@ from typing import Any
 
 import pytest
 
-from dedgeai.agent import protocol as p
-from dedgeai.agent.authority import (
+from dedgeai.agent.errors import ErrorCode, RemoteError
+from dedgeai.agent.node import protocol as p
+from dedgeai.agent.node.core import AgentCore, Persist, Send
+from dedgeai.agent.node.protocol import NodeId, TaskId
+from dedgeai.agent.node.tasks import Forwarded, TaskState, apply
+from dedgeai.agent.security.authority import (
     LOCAL_CLIENT,
     LOCAL_PEER,
     Authority,
@@ -21,11 +25,7 @@ from dedgeai.agent.authority import (
     Role,
     may_touch,
 )
-from dedgeai.agent.core import AgentCore, Persist, Send
-from dedgeai.agent.errors import ErrorCode, RemoteError
-from dedgeai.agent.keys import authorize, generate_keypair
-from dedgeai.agent.protocol import NodeId, TaskId
-from dedgeai.agent.tasks import Forwarded, TaskState, apply
+from dedgeai.agent.security.keys import authorize, generate_keypair
 from dedgeai.models.backend import GenerationRequest
 from tests.agent.test_core import FakeStore
 from tests.agent.test_security import CurveAgent

@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dedgeai.agent import cli_agent
+from dedgeai.agent.client import cli_tasks as cli_agent
 from dedgeai.agent.exit_codes import ExitCode
 
 app = typer.Typer()

@@ -6,12 +6,9 @@ from typing import Any
 
 import pytest
 
-from dedgeai.agent import protocol as p
-from dedgeai.agent.cluster import assign_slots
-from dedgeai.agent.core import AgentCore, Forward, Persist, Send
-from dedgeai.agent.errors import ConfigError
-from dedgeai.agent.forwarding import MAX_REDISPATCHES, Forwarding, forward_message
-from dedgeai.agent.peers import (
+from dedgeai.agent.cluster.coordinator import assign_slots
+from dedgeai.agent.cluster.forwarding import MAX_REDISPATCHES, Forwarding, forward_message
+from dedgeai.agent.cluster.peers import (
     LIVENESS_INTERVALS,
     TRANSITIONS,
     Heard,
@@ -22,8 +19,11 @@ from dedgeai.agent.peers import (
     VersionMismatch,
     apply,
 )
-from dedgeai.agent.protocol import NodeId, Reply
-from dedgeai.agent.tasks import TaskState
+from dedgeai.agent.errors import ConfigError
+from dedgeai.agent.node import protocol as p
+from dedgeai.agent.node.core import AgentCore, Forward, Persist, Send
+from dedgeai.agent.node.protocol import NodeId, Reply
+from dedgeai.agent.node.tasks import TaskState
 from dedgeai.models.backend import GenerationRequest
 
 # --- peers ---------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_quiet_forwarded_tasks_are_asked_again_and_remote_failures_are_final() -
 
 
 def test_cancel_of_a_forwarded_task_is_passed_on_and_its_cancelled_error_ends_it() -> None:
-    from dedgeai.agent.core import CancelRemote
+    from dedgeai.agent.node.core import CancelRemote
 
     core, fwd, _ = _origin([1])
     task, _ = _submit(core)

@@ -8,9 +8,9 @@ from typing import Any
 
 import zmq
 
-from dedgeai.agent import protocol as p
-from dedgeai.agent.client import AgentClient
+from dedgeai.agent.client.library import AgentClient
 from dedgeai.agent.errors import TaskNotFound
+from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
 
 from .conftest import cluster_view, wait_for  # noqa: TID252

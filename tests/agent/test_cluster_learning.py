@@ -78,7 +78,7 @@ def test_a_checkpoint_for_another_cluster_size_stops_the_agent_with_a_config_err
 def test_policy_actions_decide_how_the_learned_policy_picks(
     tmp_path: Path, policy: str, actions: str, deterministic: bool, drawn: bool, epsilon: float
 ) -> None:
-    from dedgeai.agent.learning import SchedulerHost
+    from dedgeai.agent.cluster.learning import SchedulerHost
 
     host = SchedulerHost(
         policy, 3, 0, tmp_path, learn=False, policy_actions=actions, explore_epsilon=0.05
@@ -93,7 +93,7 @@ def test_a_b7_lad_checkpoint_drawn_from_is_warned_about(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An older agent checkpoint (ε through a softmax) has a flat π: say so at load."""
-    from dedgeai.agent.learning import SchedulerHost
+    from dedgeai.agent.cluster.learning import SchedulerHost
     from dedgeai.scheduler.config import Switches
     from dedgeai.scheduler.online import ClusterScheduler
 

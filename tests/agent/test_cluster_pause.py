@@ -14,11 +14,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dedgeai.agent import protocol as p
-from dedgeai.agent.authority import LOCAL_PEER
-from dedgeai.agent.core import AgentCore
-from dedgeai.agent.peers import Heard, Peer, PeerState, PeerTable
-from dedgeai.agent.protocol import NodeId, TaskId
+from dedgeai.agent.cluster.peers import Heard, Peer, PeerState, PeerTable
+from dedgeai.agent.node import protocol as p
+from dedgeai.agent.node.core import AgentCore
+from dedgeai.agent.node.protocol import NodeId, TaskId
+from dedgeai.agent.security.authority import LOCAL_PEER
 from dedgeai.models.backend import GenerationRequest
 from tests.agent.test_core import FakeStore
 

@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from dedgeai.agent import protocol as p
+from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
 
 from .conftest import cluster_view, free_ports, peer_states, wait_for  # noqa: TID252

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from dedgeai.agent import protocol as p
+from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
 
 from .conftest import cluster_view, free_ports, peer_states, wait_for  # noqa: TID252

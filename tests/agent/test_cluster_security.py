@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import zmq
 
-from dedgeai.agent.client import AgentClient
-from dedgeai.agent.keys import KeyPair, authorize, fingerprint, generate_keypair
-from dedgeai.agent.peer_security import NEXT, OK, REFUSED, WAIT, PeerSecurity, split_peer
-from dedgeai.agent.security import ClientSecurity
+from dedgeai.agent.client.library import AgentClient
+from dedgeai.agent.security.curve import ClientSecurity
+from dedgeai.agent.security.keys import KeyPair, authorize, fingerprint, generate_keypair
+from dedgeai.agent.security.peer_keys import NEXT, OK, REFUSED, WAIT, PeerSecurity, split_peer
 from dedgeai.models.backend import GenerationRequest
 
 from .conftest import AgentProcess, free_ports, wait_for  # noqa: TID252
@@ -172,9 +172,9 @@ def test_pinned_key_refusals(tmp_path):
 
 
 def test_peers_config_pins_keys_and_refuses_plain_links_beyond_loopback(tmp_path):
-    from dedgeai.agent.config import build_config
     from dedgeai.agent.errors import ConfigError
-    from dedgeai.agent.security import SecurityConfig
+    from dedgeai.agent.node.config import build_config
+    from dedgeai.agent.security.curve import SecurityConfig
 
     keys_dir = tmp_path / "keys"
     generate_keypair(keys_dir)

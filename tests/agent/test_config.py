@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dedgeai.agent.config import (
+from dedgeai.agent.errors import ConfigError
+from dedgeai.agent.node.config import (
     KEYS,
     AgentConfig,
     build_config,
@@ -17,7 +18,6 @@ from dedgeai.agent.config import (
     render_toml,
     tomllib,
 )
-from dedgeai.agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

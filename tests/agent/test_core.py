@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dedgeai.agent import protocol as p
-from dedgeai.agent.core import AgentCore, CancelJob, Persist, Send, StartJob
-from dedgeai.agent.protocol import NodeId, TaskId
-from dedgeai.agent.tasks import Started, TaskRecord, TaskState, apply
-from dedgeai.agent.worker import JobFinished, JobStopped, StepDone
+from dedgeai.agent.node import protocol as p
+from dedgeai.agent.node.core import AgentCore, CancelJob, Persist, Send, StartJob
+from dedgeai.agent.node.protocol import NodeId, TaskId
+from dedgeai.agent.node.tasks import Started, TaskRecord, TaskState, apply
+from dedgeai.agent.node.worker import JobFinished, JobStopped, StepDone
 from dedgeai.models.backend import GenerationRequest
 
 ROUTE = (b"client",)

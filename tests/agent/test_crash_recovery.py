@@ -1,6 +1,6 @@
 """Crash-only recovery: kill -9 at every journal transition, restart, every task ends once.
 
-For each point of ``agent/failpoints.py`` a real agent (two peers for the forwarding
+For each point of ``agent/node/failpoints.py`` a real agent (two peers for the forwarding
 points) is started with ``DEDGEAI_FAILPOINT`` armed, a task with a client-chosen id is
 driven to that transition, and the agent SIGKILLs itself there. It is then started again
 on the same port and state directory, without the failpoint, and must: start cleanly (no
@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import zmq
 
-from dedgeai.agent import protocol as p
-from dedgeai.agent.failpoints import ENV, POINTS
+from dedgeai.agent.node import protocol as p
+from dedgeai.agent.node.failpoints import ENV, POINTS
 from dedgeai.models.backend import GenerationRequest
 
 from .conftest import AgentProcess, cluster_view, free_ports, peer_states, wait_for  # noqa: TID252

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from dedgeai.agent import protocol as p
 from dedgeai.agent.errors import TaskFailed, TaskNotFound
+from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
 
 TINY = {"model": "tiny", "device": "cpu", "profile_sizes": ["256x256"], "profile_steps": 1}

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dedgeai.agent.cli import app
-from dedgeai.agent.cluster_harness import LocalCluster, free_ports
-from dedgeai.agent.cluster_load import (
+from dedgeai.agent.client.cli import app
+from dedgeai.agent.lab.demo import EMULATED_SPEEDS, DemoOptions, arrival_rate, render_table
+from dedgeai.agent.lab.harness import LocalCluster, free_ports
+from dedgeai.agent.lab.load import (
     Outcome,
     Replayer,
     flickr8k_prompts,
@@ -25,14 +26,13 @@ from dedgeai.agent.cluster_load import (
     poisson_trace,
     summarise,
 )
-from dedgeai.agent.demo import EMULATED_SPEEDS, DemoOptions, arrival_rate, render_table
 
 DEMO_TIMEOUT_S = 280
 
 
 def _dedgeai(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from dedgeai.agent.cli import main; main()", *args],
+        [sys.executable, "-c", "from dedgeai.agent.client.cli import main; main()", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

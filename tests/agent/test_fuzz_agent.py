@@ -12,7 +12,7 @@ Property: a frame the agent can read an id from gets exactly one reply with that
 submit or result that is accepted may stream more); frames without a readable id get one
 ``id: None`` error each, in order; a frame ``protocol.parse_request`` rejects is answered
 with its code; a client's gossip and forwarded submits are ``forbidden``, a peer's never
-are (agent/authority.py). The agent stays alive and answers ``status`` after both runs.
+are (agent/security/authority.py). The agent stays alive and answers ``status`` after both runs.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dedgeai.agent import protocol as p
 from dedgeai.agent.errors import ErrorCode, ProtocolError
+from dedgeai.agent.node import protocol as p
 
 from .conftest import AgentProcess  # noqa: TID252
 

@@ -2,7 +2,7 @@
 message; mutated, truncated and random ones raise ProtocolError and nothing else.
 
 A valid message is a typical one of its type with a few fields redrawn from their documented
-values (docs/protocol.md, not the schemas in agent/protocol.py: a schema stricter or looser
+values (docs/protocol.md, not the schemas in agent/node/protocol.py: a schema stricter or looser
 than the docs fails here) and a few optional fields dropped. Few draws per message keep
 2,000 messages per role within seconds. Whatever parses must be sane (``_assert_sane``).
 """
@@ -18,8 +18,8 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dedgeai.agent import protocol as p
 from dedgeai.agent.errors import ErrorCode, ProtocolError
+from dedgeai.agent.node import protocol as p
 
 SETTINGS = settings(
     max_examples=2000,  # per role and run

@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner
 
-from dedgeai.agent import cli_agent, render
-from dedgeai.agent import protocol as p
-from dedgeai.agent.client import MAX_REPLY_BYTES, AgentClient
+from dedgeai.agent.client import cli_tasks as cli_agent
+from dedgeai.agent.client import render
+from dedgeai.agent.client.library import MAX_REPLY_BYTES, AgentClient
 from dedgeai.agent.exit_codes import ExitCode
+from dedgeai.agent.node import protocol as p
 
 app = typer.Typer()
 cli_agent.register(app)

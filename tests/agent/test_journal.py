@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dedgeai.agent.journal import Journal
-from dedgeai.agent.protocol import TaskId
-from dedgeai.agent.results import ResultStore
-from dedgeai.agent.tasks import Finished, Started, TaskRecord, TaskState, apply
+from dedgeai.agent.node.journal import Journal
+from dedgeai.agent.node.protocol import TaskId
+from dedgeai.agent.node.results import ResultStore
+from dedgeai.agent.node.tasks import Finished, Started, TaskRecord, TaskState, apply
 from dedgeai.models.backend import GenerationRequest
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from dedgeai.agent import journal as journal_module
-from dedgeai.agent import results as results_module
-from dedgeai.agent.disk_store import DiskStore, RetentionLimits
 from dedgeai.agent.errors import JournalError
-from dedgeai.agent.journal import Journal, StorageError, open_journal
-from dedgeai.agent.protocol import TaskId
-from dedgeai.agent.results import ResultStore
-from dedgeai.agent.tasks import Finished, Started, TaskRecord, apply
+from dedgeai.agent.node import journal as journal_module
+from dedgeai.agent.node import results as results_module
+from dedgeai.agent.node.disk_store import DiskStore, RetentionLimits
+from dedgeai.agent.node.journal import Journal, StorageError, open_journal
+from dedgeai.agent.node.protocol import TaskId
+from dedgeai.agent.node.results import ResultStore
+from dedgeai.agent.node.tasks import Finished, Started, TaskRecord, apply
 from dedgeai.models.backend import GenerationRequest
 
 _COLUMNS = "seq, id, origin, state, request, submitted_at"
@@ -171,7 +171,7 @@ def test_unreadable_rows_are_skipped_logged_once_counted_and_kept(tmp_path, capl
                 f"INSERT INTO tasks ({_COLUMNS}, result, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (seq, task, "node", state, request, 1.0, result, owner),
             )
-    logger = logging.getLogger("dedgeai.agent.journal")  # "dedgeai" may not propagate
+    logger = logging.getLogger("dedgeai.agent.node.journal")  # "dedgeai" may not propagate
     monkeypatch.setattr(logger, "handlers", [caplog.handler])
     monkeypatch.setattr(logger, "level", logging.WARNING)
     monkeypatch.setattr(logger, "propagate", False)

@@ -13,11 +13,18 @@ import zmq
 import zmq.auth
 from typer.testing import CliRunner
 
-from dedgeai.agent import keys as keys_module
-from dedgeai.agent.cli import app
+from dedgeai.agent.client.cli import app
 from dedgeai.agent.errors import SecurityError
 from dedgeai.agent.exit_codes import ExitCode
-from dedgeai.agent.keys import (
+from dedgeai.agent.security import keys as keys_module
+from dedgeai.agent.security.curve import (
+    AuthorizedKeysProvider,
+    ClientSecurity,
+    SecurityConfig,
+    role_lookup,
+    server_security,
+)
+from dedgeai.agent.security.keys import (
     AUTHORIZED_DIR,
     KeyPair,
     authorize,
@@ -25,13 +32,6 @@ from dedgeai.agent.keys import (
     generate_keypair,
     read_role,
     roles_by_key,
-)
-from dedgeai.agent.security import (
-    AuthorizedKeysProvider,
-    ClientSecurity,
-    SecurityConfig,
-    role_lookup,
-    server_security,
 )
 
 runner = CliRunner()
@@ -107,7 +107,7 @@ def test_a_role_outside_the_metadata_section_does_not_count(tmp_path, pairs):
 
 def test_unknown_role_is_warned_about_once(tmp_path, pairs, caplog):
     path = _key_file(tmp_path / "allowed", "alice", pairs["alice"].public, '  role = "god"\n')
-    with caplog.at_level(logging.WARNING, logger="dedgeai.agent.keys"):
+    with caplog.at_level(logging.WARNING, logger="dedgeai.agent.security.keys"):
         for _ in range(3):
             authorized_keys(path.parent)
     warnings = [r for r in caplog.records if "god" in r.getMessage()]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from dedgeai.agent.gossip_sanity import sanitize_report
-from dedgeai.agent.learning import MAX_REWARD_DELAY_S, SchedulerHost
+from dedgeai.agent.cluster.gossip_sanity import sanitize_report
+from dedgeai.agent.cluster.learning import MAX_REWARD_DELAY_S, SchedulerHost
 from dedgeai.scheduler import online
 from dedgeai.scheduler.checkpoints import load_checkpoint
 from dedgeai.scheduler.online import ClusterScheduler, ClusterState, TaskSpec

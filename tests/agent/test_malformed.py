@@ -8,7 +8,7 @@ from typing import Any
 
 import msgpack
 
-from dedgeai.agent import protocol as p
+from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
 
 Case = tuple[list[bytes], str, str | None]  # frames, expected code, expected echoed id

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import typer
 
-from dedgeai.agent.cli_agent import exit_on_errors
-from dedgeai.agent.config import KEYS
+from dedgeai.agent.client.cli_tasks import exit_on_errors
 from dedgeai.agent.errors import ErrorCode, PeerUnavailable, remote_error
 from dedgeai.agent.exit_codes import ExitCode
+from dedgeai.agent.node.config import KEYS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

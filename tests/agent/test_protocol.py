@@ -8,8 +8,8 @@ import random
 import msgpack
 import pytest
 
-from dedgeai.agent import protocol as p
 from dedgeai.agent.errors import ErrorCode, ProtocolError
+from dedgeai.agent.node import protocol as p
 
 
 def _frame(**msg: object) -> list[bytes]:

@@ -10,8 +10,8 @@ import msgpack
 import pytest
 import zmq
 
-from dedgeai.agent import protocol as p
 from dedgeai.agent.errors import ErrorCode, ProtocolError
+from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
 
 from .conftest import free_ports  # noqa: TID252

@@ -13,14 +13,14 @@ import pytest
 import zmq
 from zmq.utils import z85
 
-from dedgeai.agent.keys import AUTHORIZED_DIR, authorize, generate_keypair
-from dedgeai.agent.security import (
+from dedgeai.agent.security.curve import (
     HANDSHAKE_IVL_MS,
     REFUSAL_LOG_EVERY_S,
     AuthorizedKeysProvider,
     SecurityConfig,
     server_security,
 )
+from dedgeai.agent.security.keys import AUTHORIZED_DIR, authorize, generate_keypair
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "dedgeai-agent.service"
 FLOOD = 10_000
@@ -47,7 +47,7 @@ def test_a_flood_of_fresh_keys_costs_neither_memory_nor_log_lines(tmp_path, capl
     os.utime(allowed, (past, past))
     clock = FakeClock()
     provider = AuthorizedKeysProvider(allowed, generate_keypair(tmp_path / "own").public, clock)
-    with caplog.at_level(logging.WARNING, logger="dedgeai.agent.security"):
+    with caplog.at_level(logging.WARNING, logger="dedgeai.agent.security.curve"):
         for index in range(1000):  # warm up: first line, caches, interned strings
             assert provider.callback("dedgeai", _fresh_key(index)) is False
         tracemalloc.start()
@@ -63,7 +63,7 @@ def test_a_flood_of_fresh_keys_costs_neither_memory_nor_log_lines(tmp_path, capl
         assert provider.callback("dedgeai", _fresh_key(0)) is False
     # Remembering each key would cost >100 bytes a key (>1 MB here).
     assert grown < 64 * 1024, grown
-    lines = [r.getMessage() for r in caplog.records if r.name == "dedgeai.agent.security"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dedgeai.agent.security.curve"]
     assert len(lines) == 2, lines
     assert "(1 refused since the last report" in lines[0]
     assert f"({FLOOD + 1000} refused since the last report" in lines[1]

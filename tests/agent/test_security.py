@@ -13,11 +13,12 @@ import pytest
 import zmq
 from typer.testing import CliRunner
 
-from dedgeai.agent.cli import app
-from dedgeai.agent.client import AgentClient
+from dedgeai.agent.client.cli import app
+from dedgeai.agent.client.library import AgentClient
 from dedgeai.agent.errors import HandshakeFailed, SecurityError
 from dedgeai.agent.exit_codes import ExitCode
-from dedgeai.agent.keys import (
+from dedgeai.agent.security.curve import ClientSecurity, SecurityConfig, curve_required
+from dedgeai.agent.security.keys import (
     KeyPair,
     authorize,
     authorized_keys,
@@ -25,7 +26,6 @@ from dedgeai.agent.keys import (
     load_keypair,
     load_public_key,
 )
-from dedgeai.agent.security import ClientSecurity, SecurityConfig, curve_required
 from dedgeai.models.backend import GenerationRequest
 from tests.agent.conftest import AgentProcess
 

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from dedgeai.agent.protocol import TaskId
-from dedgeai.agent.tasks import (
+from dedgeai.agent.node.protocol import TaskId
+from dedgeai.agent.node.tasks import (
     TRANSITIONS,
     CancelRequested,
     Failed,

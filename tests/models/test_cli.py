@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dedgeai.agent import cli_models
+from dedgeai.agent.client import cli_models
 
 
 @pytest.fixture(scope="module")

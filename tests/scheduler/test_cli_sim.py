@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dedgeai.agent.cli import app
+from dedgeai.agent.client.cli import app
 from dedgeai.scheduler.policy import OnlinePolicy
 from dedgeai.scheduler.simulate import METHODS
 

@@ -1,0 +1,419 @@
+"""`dedgeai agent run|config` and the client commands `submit`, `status`, `tasks`, `result`,
+`cancel`: thin wrappers over ``dedgeai.agent.client.library`` and ``dedgeai.agent.node.service``.
+
+Exit codes (``ExitCode``): 0 done · 1 internal error, or a malformed reply from the agent ·
+2 bad input, unknown task, bad configuration or forbidden · 3 agent busy, shutting down or out of storage ·
+4 task failed or cancelled · 5 agent unreachable (after the timeout and retries).
+
+Nothing an agent sends is trusted: remote text is shown through ``render`` (never as rich
+markup, control characters replaced), the fields used are type-checked, and file names are
+built only from the task id the user typed or this CLI chose, never from a reply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
+from rich.text import Text
+
+from dedgeai.agent.client import render
+from dedgeai.agent.client.library import DEFAULT_TIMEOUT_S, ENDPOINT_ENV, AgentClient
+from dedgeai.agent.errors import (
+    AgentBusy,
+    ConfigError,
+    DedgeaiError,
+    ErrorCode,
+    HandshakeFailed,
+    PeerUnavailable,
+    ProtocolError,
+    RemoteError,
+    TaskFailed,
+    TaskNotFound,
+)
+from dedgeai.agent.exit_codes import ExitCode
+from dedgeai.agent.node.config import load_config, parse_override, render_toml
+from dedgeai.agent.node.protocol import Reply, TaskId, new_task_id
+from dedgeai.agent.security.curve import CLIENT_KEYS_ENV, SERVER_KEY_ENV, ClientSecurity
+from dedgeai.models.backend import MAX_SEED, GenerationRequest
+from dedgeai.models.errors import InvalidRequest
+
+err = Console(stderr=True)
+out = Console()
+
+AgentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--agent", "-a", envvar=ENDPOINT_ENV, help="Agent endpoint (default tcp://127.0.0.1:7700)."
+    ),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for each reply before retrying.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (default: the per-user file, or /etc/dedgeai/agent.toml under systemd).",
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a key: --set max_queue=64 (repeatable).")
+]
+ServerKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server-key",
+        envvar=SERVER_KEY_ENV,
+        help="The agent's public key (its agent.key file, or the key): connect with CURVE.",
+    ),
+]
+ClientKeysOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-keys",
+        envvar=CLIENT_KEYS_ENV,
+        help="Directory of this client's key pair (default: where `dedgeai keys generate` writes).",
+    ),
+]
+
+# RemoteError codes that mean "the caller asked for something wrong" (or may not ask it).
+_BAD_INPUT_CODES = {
+    "bad_frame",
+    "bad_version",
+    "bad_type",
+    "bad_field",
+    "already_finished",
+    "forbidden",
+}
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_NOT_ID_CHARS = re.compile("[^0-9a-f-]")
+
+
+def _fail(label: str, style: str, message: object, code: ExitCode) -> typer.Exit:
+    # Messages carry remote text (an agent's error message, a peer's name): never markup.
+    err.print(
+        Text.assemble((f"{render.clean(label, 64)}:", style), " ", render.clean(str(message)))
+    )
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def exit_on_errors() -> Iterator[None]:
+    """Map library errors to the documented exit codes, with one line on stderr."""
+    try:
+        yield
+    except HandshakeFailed as exc:
+        raise _fail("refused", "red", exc, ExitCode.BAD_INPUT) from exc
+    except (ConfigError, InvalidRequest) as exc:
+        raise _fail("error", "red", exc, ExitCode.BAD_INPUT) from exc
+    except PeerUnavailable as exc:
+        raise _fail("unreachable", "red", exc, ExitCode.UNREACHABLE) from exc
+    except ProtocolError as exc:
+        raise _fail("bad reply", "red", exc, ExitCode.INTERNAL) from exc
+    except AgentBusy as exc:
+        raise _fail("busy", "yellow", exc.message, ExitCode.BUSY) from exc
+    except TaskFailed as exc:
+        raise _fail(exc.code, "red", exc.message, ExitCode.TASK_FAILED) from exc
+    except TaskNotFound as exc:
+        raise _fail("not found", "red", exc.message, ExitCode.BAD_INPUT) from exc
+    except RemoteError as exc:
+        code = ExitCode.INTERNAL
+        if exc.code in _BAD_INPUT_CODES:
+            code = ExitCode.BAD_INPUT
+        elif exc.code in ("shutting_down", "storage"):  # both pass: retry later
+            code = ExitCode.BUSY
+        raise _fail(exc.code, "red", exc.message, code) from exc
+    except DedgeaiError as exc:
+        raise _fail("error", "red", exc, ExitCode.INTERNAL) from exc
+
+
+def _overrides(items: list[str] | None) -> dict[str, Any]:
+    return dict(parse_override(item) for item in items or [])
+
+
+# --- dedgeai agent ... ------------------------------------------------------------
+
+
+def agent_run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Run the agent in the foreground (systemd runs it the same way)."""
+    from dedgeai.agent.node.service import run_agent
+
+    with exit_on_errors():
+        cfg = load_config(config, _overrides(set_))
+    raise typer.Exit(run_agent(cfg))
+
+
+def agent_config(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the effective configuration, every key with its documentation and default."""
+    with exit_on_errors():
+        cfg = load_config(config, _overrides(set_))
+    if as_json:
+        print(json.dumps({**cfg.as_dict(), "source": cfg.source}, indent=2))
+    else:
+        print(render_toml(cfg))
+
+
+# --- client commands --------------------------------------------------------------
+
+
+def _client(
+    agent: str | None, timeout: float, server_key: str | None, client_keys: Path | None
+) -> AgentClient:
+    security = ClientSecurity.resolve(server_key, client_keys)
+    return AgentClient(agent, timeout_s=timeout, security=security)
+
+
+def _task_id(task: str) -> TaskId:
+    """The task id the user typed, as the canonical UUID the agent uses."""
+    try:
+        return TaskId(str(uuid.UUID(task)))
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"task id {task!r} is not a UUID; `dedgeai tasks` lists the ids"
+        ) from exc
+
+
+def _default_png_path(task: TaskId) -> Path:
+    # Built from an id this CLI chose or validated; sanitised again all the same, because a
+    # file name must never come from what an agent sent.
+    stem = _NOT_ID_CHARS.sub("", task.lower())[:8] or "result"
+    return Path(f"dedgeai-{stem}.png")
+
+
+def _print_json(body: object) -> None:
+    print(json.dumps(render.jsonable(body), indent=2))
+
+
+def _parse_size(size: str) -> tuple[int, int]:
+    width, sep, height = size.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise InvalidRequest(f"--size must look like 1024x1024, got {size!r}")
+    return int(width), int(height)
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+class _ProgressView:
+    """Queue position, then denoising steps, on one rich progress bar."""
+
+    def __init__(self, progress: Progress | None, steps: int) -> None:
+        self.progress = progress
+        self.bar = progress.add_task("submitting", total=steps) if progress else None
+
+    def __call__(self, reply: Reply) -> None:
+        if self.progress is None or self.bar is None:
+            return
+        stage, step = reply.get("stage"), render.number(reply.get("step"))
+        if reply.type == "accepted" or stage == "queued":
+            # The description is rich markup: only digits or "?" go in.
+            position = reply.get("position")
+            shown = (
+                position if isinstance(position, int) and not isinstance(position, bool) else "?"
+            )
+            text = f"queued (position {shown})"
+            self.progress.update(self.bar, description=text)
+        elif stage in ("denoise", "decode"):
+            text = "denoising" if stage == "denoise" else "decoding"
+            self.progress.update(self.bar, description=text, completed=step)
+
+
+def _steps(reply: Reply) -> int:
+    steps = reply.get("steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else 1
+
+
+def _save(done: Reply, out_path: Path | None, task: TaskId) -> Path | None:
+    if not done.png:
+        return None  # emulated backend: no image
+    if not done.png.startswith(_PNG_MAGIC):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "the agent sent an image that is not a PNG")
+    path = out_path or _default_png_path(task)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(done.png)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write the image to {path}: {exc.strerror}") from exc
+    return path
+
+
+def _report(done: Reply, path: Path | None, client_total_s: float | None, as_json: bool) -> None:
+    if as_json:
+        body = {**done.fields, "path": str(path) if path else None}
+        if client_total_s is not None:
+            body["client_total_s"] = client_total_s
+        _print_json(body)
+        return
+    out.print(render.done_table(done.fields, client_total_s))
+    if path is not None:
+        out.print(Text.assemble("image: ", (str(path), "bold")))
+    else:
+        out.print(Text("no image: the agent runs the EMULATED backend", style="yellow"))
+
+
+def submit(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    agent: AgentOpt = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps (1-100).")] = 28,
+    size: Annotated[str, typer.Option(help="WxH, multiples of 16 in 256-2048.")] = "1024x1024",
+    seed: Annotated[int | None, typer.Option(help="Seed (default: random).")] = None,
+    negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance, 0-30.")] = 5.0,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the task id and exit.")] = False,
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    server_key: ServerKeyOpt = None,
+    client_keys: ClientKeysOpt = None,
+) -> None:
+    """Submit a prompt, show its progress, save the PNG."""
+    with exit_on_errors():
+        width, height = _parse_size(size)
+        request = GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative,
+            steps=steps,
+            width=width,
+            height=height,
+            guidance=guidance,
+            seed=random.randint(0, MAX_SEED) if seed is None else seed,
+        ).validate()
+        task = new_task_id()  # chosen here: the reply must name it (AgentClient.submit)
+        with _client(agent, timeout, server_key, client_keys) as client:
+            started = time.perf_counter()
+            if no_wait:
+                accepted = client.submit(request, task=task, wait=False)
+                if as_json:
+                    print(json.dumps(render.jsonable(accepted.fields)))
+                else:
+                    print(task)
+                return
+            show = not as_json and err.is_terminal
+            with _progress() if show else contextlib.nullcontext() as progress:
+                view = _ProgressView(progress, request.steps)
+                _accepted, done = client.generate(request, view, task=task)
+            total_s = time.perf_counter() - started
+        _report(done, _save(done, out_path, task), total_s, as_json)
+
+
+def status(
+    agent: AgentOpt = None,
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    server_key: ServerKeyOpt = None,
+    client_keys: ClientKeysOpt = None,
+) -> None:
+    """The agent's device, telemetry, backlog, capacity, model and plan; the cluster it sees."""
+    with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
+        body = client.status()
+    if as_json:
+        _print_json(body)
+    else:
+        out.print(render.status_table(body))
+        if render.mapping(body.get("cluster")):
+            out.print(render.cluster_table(body["cluster"]))
+
+
+def tasks(
+    agent: AgentOpt = None,
+    limit: Annotated[int, typer.Option(help="Newest N tasks (1-1000).")] = 20,
+    state: Annotated[
+        str | None, typer.Option(help="queued, running, done, failed, cancelled.")
+    ] = None,
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    server_key: ServerKeyOpt = None,
+    client_keys: ClientKeysOpt = None,
+) -> None:
+    """Recent tasks, newest first."""
+    with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
+        rows = client.tasks(limit, state)
+    if as_json:
+        _print_json(rows)
+    else:
+        out.print(render.tasks_table(rows, time.time()))
+
+
+def result(
+    task: Annotated[str, typer.Argument(help="Task id (from submit or tasks).")],
+    agent: AgentOpt = None,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait for an unfinished task.")
+    ] = True,
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    server_key: ServerKeyOpt = None,
+    client_keys: ClientKeysOpt = None,
+) -> None:
+    """Fetch a task's PNG and timings (waits for it unless --no-wait)."""
+    with exit_on_errors():
+        task_id = _task_id(task)
+        with _client(agent, timeout, server_key, client_keys) as client:
+            reply = client.result(task_id, wait=wait)
+            if reply.type not in ("done", "progress"):
+                raise client.malformed(f"`{reply.type}` in answer to `result`")
+            if reply.type == "progress" and wait:
+                show = not as_json and err.is_terminal
+                with _progress() if show else contextlib.nullcontext() as progress:
+                    view = _ProgressView(progress, _steps(reply))
+                    view(reply)
+                    reply = client.wait(task_id, view)
+        if reply.type == "progress":  # --no-wait on an unfinished task
+            if as_json:
+                print(json.dumps(render.jsonable({"type": reply.type, **reply.fields})))
+            else:
+                stage = render.text(reply.get("stage"))
+                step, steps = render.text(reply.get("step")), render.text(reply.get("steps"))
+                position = render.text(reply.get("position"))
+                where = f"position {position}" if stage == "queued" else f"step {step}/{steps}"
+                out.print(Text(f"{task_id}: {stage} ({where})"))
+            return
+        _report(reply, _save(reply, out_path, task_id), None, as_json)
+
+
+def cancel(
+    task: Annotated[str, typer.Argument(help="Task id.")],
+    agent: AgentOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    server_key: ServerKeyOpt = None,
+    client_keys: ClientKeysOpt = None,
+) -> None:
+    """Cancel a queued task, or a running one at its next step."""
+    with exit_on_errors():
+        task_id = _task_id(task)
+        with _client(agent, timeout, server_key, client_keys) as client:
+            reply = client.cancel(task_id)
+    out.print(Text(f"{task_id}: {render.text(reply.get('state'))}"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `dedgeai agent ...` and the client commands to the root app."""
+    agent_app = typer.Typer(help="Run or inspect the local agent daemon.", no_args_is_help=True)
+    agent_app.command("run")(agent_run)
+    agent_app.command("config")(agent_config)
+    app.add_typer(agent_app, name="agent")
+    for command in (submit, status, tasks, result, cancel):
+        app.command()(command)

@@ -1,0 +1,513 @@
+"""The agent's cluster: peer slots, gossip, the scheduler's state, forwarding, on the loop thread.
+
+Server indices are fixed at start: this agent and every configured peer, sorted by
+endpoint (``cluster_size`` may reserve spare slots for peers found by mDNS; one found when
+no slot is free is shown but never scheduled). ``Cluster`` owns the peer links and the peer
+table, answers peers' gossip, builds the scheduler's ``ClusterState`` for each submitted
+task (down peers masked), and hands forwarded tasks and their replies to ``Forwarding``.
+The links' handshake events go to ``PeerSecurity`` (CURVE keys per peer); a peer that
+restarted (its gossip's ``started_at`` changed) is asked again at once for the tasks
+forwarded to it, which it resumes from its journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from dedgeai.agent.cluster.discovery import Discovery, Found, admit
+from dedgeai.agent.cluster.forwarding import Forwarding, cancel_message, forward_message
+from dedgeai.agent.cluster.gossip_sanity import sanitize_report
+from dedgeai.agent.cluster.learning import SchedulerHost
+from dedgeai.agent.cluster.links import (
+    PeerLinks,
+    SocketSetup,
+    gossip_message,
+    read_peer_reply,
+    version_refusal,
+)
+from dedgeai.agent.cluster.peers import Heard, Peer, PeerState, PeerTable, Refused, VersionMismatch
+from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError
+from dedgeai.agent.node import protocol as p
+from dedgeai.agent.node.config import AgentConfig
+from dedgeai.agent.node.core import AgentCore, Effect, Route, Send
+from dedgeai.agent.node.results import ResultStore
+from dedgeai.agent.node.tasks import TaskRecord, TaskState
+from dedgeai.agent.security.authority import Authority
+from dedgeai.agent.security.keys import fingerprint
+from dedgeai.agent.security.peer_keys import NEXT, OK, REFUSED, PeerSecurity, split_peer
+
+log = logging.getLogger("dedgeai.agent.cluster.coordinator")
+
+REFERENCE_PIXELS = 512 * 512  # work is counted in 512x512-equivalent denoising steps
+LINK_MBIT_PER_S = 100.0  # assumed link speed for the forwarding-overhead estimate
+REQUEST_OVERHEAD_BYTES = 200  # envelope and fields of a forwarded submit, beyond the prompts
+DECISION_SAMPLES = 4096  # scheduling latencies kept for the status percentiles
+QUIET_INTERVALS = 3  # a forwarded task silent this many gossip intervals is asked again
+HOLD_INTERVALS = 10  # a resumed forwarded task its origin (up) has not asked for is dropped
+HINT_EVERY_S = 0.2  # at most this often, a peer's own gossip makes us ask it at once
+HOLD_MAX_S = 3600.0  # ... and one whose origin never comes back, after this long
+
+
+def node_seed(node: str) -> int:
+    """A seed of this agent's own: agents that explore in step would pile onto one peer."""
+    return int.from_bytes(hashlib.sha256(node.encode()).digest()[:8], "little")
+
+
+def equivalent_steps(steps: int, width: int, height: int) -> float:
+    return steps * (width * height) / REFERENCE_PIXELS
+
+
+def assign_slots(
+    self_endpoints: tuple[str, ...], peers: tuple[str, ...], cluster_size: int
+) -> tuple[int, dict[int, str], int]:
+    """(self index, {slot: peer endpoint}, number of slots): self and peers sorted by endpoint."""
+    others = sorted({e for e in (split_peer(x)[0] for x in peers) if e not in self_endpoints})
+    ordered = sorted([self_endpoints[0], *others])
+    n = max(len(ordered), cluster_size)
+    if cluster_size and cluster_size < len(ordered):
+        raise ConfigError(
+            f"`cluster_size` {cluster_size} is smaller than this agent plus its "
+            f"{len(others)} configured peer(s)"
+        )
+    self_index = ordered.index(self_endpoints[0])
+    return self_index, {i: e for i, e in enumerate(ordered) if i != self_index}, n
+
+
+class Cluster:
+    """Everything about the other agents that the daemon's loop needs."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        core: AgentCore,
+        results: ResultStore,
+        context: zmq.Context,
+        endpoint: str,
+        describe: Callable[[], dict[str, Any]],
+        setup: SocketSetup | None = None,
+        security: PeerSecurity | None = None,
+    ) -> None:
+        """``security``: CURVE keys for the links (its ``setup`` is used); None: plain links."""
+        self.config, self.core, self.describe = config, core, describe
+        self.security = security
+        self.endpoint = endpoint
+        self.interval_s = config.gossip_interval_s
+        self.self_index, endpoints, self.n_slots = assign_slots(
+            (endpoint, config.endpoint), config.peers, config.cluster_size
+        )
+        self.host = SchedulerHost(  # first: a checkpoint that does not fit stops the start
+            config.policy,
+            self.n_slots,
+            self.self_index,
+            config.state_path(),
+            config.policy_checkpoint,
+            config.learn,
+            config.train_steps_per_s,
+            config.learn_warmup,
+            policy_actions=config.policy_actions,
+            explore_epsilon=config.explore_epsilon,
+            capacities=self.known_capacities,
+            seed=node_seed(core.node),
+        )
+        self.unused: dict[str, dict[str, Any]] = {}  # found by mDNS, not used: why
+        self.discovery: Discovery | None = None
+        if config.discovery:  # before any socket: a failure here leaves nothing open
+            own = security.own if security is not None else None
+            fp = fingerprint(own.public) if own is not None else None
+            try:
+                self.discovery = Discovery(endpoint, core.node, config.display_name, fp)
+            except OSError as exc:
+                raise ConfigError(f"`discovery`: cannot start mDNS (zeroconf): {exc}") from exc
+        now = time.time()
+        self.table = PeerTable(Peer(s, e, since=now) for s, e in endpoints.items())
+        if security is not None and setup is None:
+            setup = security.setup
+        self.links = PeerLinks(context, endpoints, setup, monitor=security is not None)
+        self.forwarding = Forwarding(
+            core, results, config.forward_ack_timeout_s, QUIET_INTERVALS * self.interval_s
+        )
+        self.pending = np.zeros(self.n_slots)  # work sent to each peer since its last gossip
+        self.interval_started = now
+        self.last_gossip = 0.0
+        self.decision_s: deque[float] = deque(maxlen=DECISION_SAMPLES)
+        self.up_at: dict[int, float] = {}  # when each peer last came up
+        self.hinted_at: dict[int, float] = {}  # last gossip sent early on a peer's hint
+        self.authority: Authority | None = None  # set by the daemon: mDNS peers join it
+        core.placer = self.place
+        core.identity = {"node": core.node, "name": config.display_name, "endpoint": endpoint}
+
+    def start(self, poller: zmq.Poller) -> None:
+        self.links.register(poller)
+        self.host.start()
+
+    def close(self) -> None:
+        self.host.stop()
+        self.links.close()
+        if self.discovery is not None:
+            self.discovery.close()
+
+    # --- what this agent publishes ---------------------------------------------------
+
+    def _own_work(self) -> tuple[float, float]:
+        """(backlog, work admitted this interval), in 512x512-equivalent steps."""
+        backlog = load = 0.0
+        core = self.core
+        local = [core.tasks[t] for t in core.queue]  # not core.tasks: forwarded ones are there
+        if core.running is not None and core.running in core.tasks:
+            local.append(core.tasks[core.running])
+        for task in local:
+            req = task.request
+            work = equivalent_steps(task.remaining_steps, req.width, req.height)
+            backlog += work
+            if task.submitted_at >= self.interval_started:
+                load += work
+        return backlog, load
+
+    def _capacity(self) -> float | None:
+        profile = self.core.profile
+        return profile.at(512, 512) if profile is not None else None
+
+    def known_capacities(self) -> np.ndarray | None:
+        """Every slot's speed (steps/s) once this agent and each configured peer reported
+        one; spare slots (mDNS) take the median. None until then. Called from the policy's
+        training thread: it only reads (the table's values are replaced, never mutated)."""
+        own = self._capacity()
+        if not own:
+            return None
+        speeds = np.full(self.n_slots, np.nan)
+        speeds[self.self_index] = own
+        try:
+            peers = list(self.table.by_slot.values())
+        except RuntimeError:  # a slot was added meanwhile (mDNS): ask again later
+            return None
+        for peer in peers:
+            rate = peer.info.get("capacity_steps_per_s")
+            if rate:
+                speeds[peer.slot] = float(rate)
+            elif not peer.discovered:
+                return None
+        speeds[np.isnan(speeds)] = float(np.nanmedian(speeds))
+        return speeds
+
+    def body(self, now: float) -> dict[str, Any]:
+        backlog, load = self._own_work()
+        running = self.core.running
+        return {
+            "node": self.core.node,
+            "name": self.config.display_name,
+            "endpoint": self.endpoint,
+            "sent_at": now,
+            "backlog_steps": backlog,
+            "backlog_s": self.core.backlog()[1],
+            "interval_load_steps": load,
+            "capacity_steps_per_s": self._capacity(),
+            "accepting": self.core.accepting,
+            "queued": len(self.core.queue),
+            "running": str(running) if running else None,
+            **self.describe(),
+        }
+
+    # --- messages --------------------------------------------------------------------
+
+    def on_gossip(self, route: Route, msg: p.Gossip, now: float) -> list[Effect]:
+        """A peer's gossip on our ROUTER: answered with ours (and its echo).
+
+        What it says about itself is not stored: anyone allowed to gossip could claim to be
+        any node. The peer table learns only from the replies on the link this agent opened
+        to each peer's endpoint (with CURVE, to the key that endpoint proved it holds). It
+        is a hint, though: a peer that says it restarted, or that we do not see up, is asked
+        at once on our link, so a restart is noticed within a round trip, not an interval.
+        """
+        body = msg.body
+        peer = self.table.by_node(str(body.get("node"))) or next(
+            (q for q in self.table if q.endpoint == body.get("endpoint")), None
+        )
+        news = peer is not None and (
+            peer.state is not PeerState.UP or peer.info.get("started_at") != body.get("started_at")
+        )
+        if news and now - self.hinted_at.get(peer.slot, float("-inf")) >= HINT_EVERY_S:
+            self.hinted_at[peer.slot] = now
+            self.links.send(peer.slot, gossip_message(self.body(now)))
+        reply = p.envelope("gossip", msg.id, **self.body(now), echo_sent_at=body["sent_at"])
+        return [Send(route, reply)]
+
+    def _handshakes(self, ready: dict[zmq.Socket, int], now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        if self.security is None:
+            return effects
+        for slot, event, value in self.links.handshakes(ready):
+            endpoint = self.links.endpoints[slot]
+            verdict, text = self.security.judge(endpoint, event, value)
+            if verdict == OK and text:
+                log.info("peer %s: %s", endpoint, text)
+            elif verdict == NEXT:
+                self.links.reopen(slot)  # identify it with the next authorized key
+            elif verdict == REFUSED:
+                old, _ = self.table.apply_(slot, Refused(now, text or "handshake failed"))
+                if old is not PeerState.REFUSED:
+                    log.error("peer %s (slot %d) refused: %s", endpoint, slot, text)
+                self.links.suspend(slot, now)  # tried again after a growing backoff
+                why = "the CURVE handshake with the peer failed"
+                effects += self.forwarding.reclaim_slot(slot, why, now)
+        return effects
+
+    def on_ready(self, ready: dict[zmq.Socket, int], now: float) -> list[Effect]:
+        effects: list[Effect] = self._handshakes(ready, now)
+        for slot, frames in self.links.receive(ready):
+            try:
+                reply = read_peer_reply(frames)
+            except ProtocolError as exc:
+                if exc.code is ErrorCode.BAD_VERSION:
+                    effects += self._incompatible(slot, exc.message, now)
+                else:
+                    log.warning("slot %d sent a malformed reply: %s", slot, exc.message)
+                continue
+            refusal = version_refusal(reply)
+            if refusal is not None:
+                effects += self._incompatible(slot, refusal, now)
+                continue
+            info, rtt = None, None
+            if reply.type == "gossip":
+                info = {k: v for k, v in reply.fields.items() if k != "echo_sent_at"}
+                info, why = sanitize_report(
+                    self.table.by_slot[slot].info or None, info, self._capacity()
+                )
+                if why:
+                    log.warning("slot %d gossip: %s", slot, "; ".join(why))
+                echo = reply.get("echo_sent_at")
+                rtt = now - echo if isinstance(echo, (int, float)) else None
+            try:  # a bug (or a reply no check foresaw) costs that reply, not the agent
+                self._heard(slot, Heard(now, info, rtt), now)
+                effects += self.forwarding.on_reply(slot, reply, now)
+            except Exception:
+                log.exception("slot %d: could not handle its %s reply", slot, reply.type)
+        return effects
+
+    def _heard(self, slot: int, event: Heard, now: float) -> None:
+        before = self.table.by_slot[slot].info.get("started_at")
+        old, new = self.table.apply_(slot, event)
+        if event.info is not None:
+            self.pending[slot] = 0.0
+            started = event.info.get("started_at")
+            if before is not None and started is not None and started != before:
+                log.info("peer in slot %d restarted: asking again for its tasks", slot)
+                self.forwarding.ask_again(slot)
+        if old is not PeerState.UP and new is PeerState.UP:
+            self.up_at[slot] = now
+            self.links.healthy(slot)
+            for task in self.forwarding.take_tombstones(slot):
+                self.links.send(slot, cancel_message(task))  # it may hold them, frozen
+            log.info("peer %s (slot %d) is up", self.table.by_slot[slot].endpoint, slot)
+
+    def _incompatible(self, slot: int, error: str, now: float) -> list[Effect]:
+        old, _ = self.table.apply_(slot, VersionMismatch(now, error))
+        if old is not PeerState.INCOMPATIBLE:
+            log.error("peer %s: %s", self.table.by_slot[slot].endpoint, error)
+        return self.forwarding.reclaim_slot(slot, "peer speaks another protocol version", now)
+
+    # --- time ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Effect]:
+        """Gossip and liveness once per interval; forwarding deadlines on every turn."""
+        effects: list[Effect] = []
+        self.links.resume_due(now)  # refused links, after their backoff
+        if self.discovery is not None:
+            for found in self.discovery.poll():
+                self._discovered(found, now)
+        if now - self.last_gossip >= self.interval_s:
+            self.last_gossip = self.interval_started = now
+            self.host.start_interval()
+            message = gossip_message(self.body(now))
+            for peer in self.table:
+                self.links.send(peer.slot, message)
+            for slot, state in self.table.check_liveness_(now, self.interval_s):
+                if state is PeerState.DOWN:
+                    endpoint = self.table.by_slot[slot].endpoint
+                    log.warning("peer %s (slot %d) is down: silent 3 intervals", endpoint, slot)
+                    self.links.reset(slot, now)
+                    why = "peer down (silent for 3 gossip intervals)"
+                    effects += self.forwarding.reclaim_slot(slot, why, now)
+        effects += self._release_unclaimed(now)
+        reclaimed, again = self.forwarding.tick(now)
+        effects += reclaimed
+        for task in again:
+            effects += self.forward(task, now)
+        return effects
+
+    def resumed_from_pause(self, now: float) -> None:
+        """This agent was frozen: its peers' silence meanwhile says nothing about them.
+
+        Each peer, and each forward awaiting an answer, gets a fresh grace period from now:
+        otherwise the first tick after a freeze would mark every peer down and run their
+        tasks a second time here.
+        """
+        self.table.forgive_(now)
+        self.forwarding.forgive(now)
+        self.last_gossip = 0.0  # gossip at once: the peers hear from us again
+
+    def _release_unclaimed(self, now: float) -> list[Effect]:
+        """Resumed forwarded tasks whose origin, up for a while, has not asked for them again.
+
+        An origin asks again at once for every task still forwarded here when it sees this
+        agent back (new ``started_at``), and for any quiet one every 3 intervals; one it
+        reclaimed while this agent was down it never asks for, so that is not run here.
+        """
+        effects: list[Effect] = []
+        wait = HOLD_INTERVALS * self.interval_s
+        for task_id, since in list(self.core.held.items()):
+            task = self.core.tasks.get(task_id)
+            peer = self.table.by_node(str(task.origin)) if task is not None else None
+            if now - since > HOLD_MAX_S:
+                why = f"not run: its origin did not ask for it again within {HOLD_MAX_S:g} s"
+                log.info("task %s: %s", task_id, why)
+                effects += self.core.release_held(task_id, now, why)
+                continue
+            if peer is None or peer.state is not PeerState.UP:
+                continue  # keep it: its origin may still ask for it when it is back
+            if now - max(since, self.up_at.get(peer.slot, since)) > wait:
+                why = f"not run: its origin {peer.name or peer.endpoint} did not ask for it again"
+                log.info("task %s: %s (it was dispatched elsewhere)", task_id, why)
+                effects += self.core.release_held(task_id, now, why)
+        return effects
+
+    def _discovered(self, found: Found, now: float) -> None:
+        security = self.security
+        decision = admit(
+            found,
+            self_node=self.core.node,
+            self_index=self.self_index,
+            n_slots=self.n_slots,
+            known=dict(self.links.endpoints),
+            known_nodes={q.node for q in self.table if q.node},
+            curve=security is not None and security.curve,
+            key_for=security.key_for_fingerprint if security else lambda _fp: None,
+            plain_ok=lambda e: security is None or security.allows_plain(e, self.config.insecure),
+        )
+        if decision.slot is None:
+            if decision.reason and found.endpoint not in self.unused:
+                log.warning("mDNS: not using %s: %s", found.endpoint, decision.reason)
+            if decision.reason:
+                self.unused[found.endpoint] = {"node": found.node, "reason": decision.reason}
+            return
+        self.unused.pop(found.endpoint, None)
+        if security is not None and decision.key is not None:
+            security.pin(found.endpoint, *decision.key)
+        slot = decision.slot
+        if self.authority is not None:
+            self.authority.add_peer_endpoint(found.endpoint)
+        self.table.by_slot[slot] = Peer(slot, found.endpoint, since=now, discovered=True)
+        self.links.add(slot, found.endpoint)
+        log.info("mDNS: peer %s (%s) takes slot %d", found.endpoint, found.node, slot)
+
+    # --- forwarding --------------------------------------------------------------------
+
+    def forward(self, task: TaskRecord, now: float) -> list[Effect]:
+        """Send (or resend) a forwarded task; one that cannot be sent is reclaimed."""
+        live = self.core.tasks.get(task.id)
+        if live is None or live.state is not TaskState.FORWARDED:
+            return []
+        slot = int(live.placement["target"])
+        if self.links.send(slot, forward_message(live)):
+            if live.cancel_requested:  # a cancel journaled before a crash, or lost on the way
+                self.links.send(slot, cancel_message(live))
+            self.forwarding.sent(live, now)
+            return []
+        track = self.forwarding.outstanding.get(live.id)
+        if track is not None and track.acked:
+            return []  # it has the task: ask again next turn (liveness reclaims a dead peer)
+        return self.forwarding.reclaim(live, "the peer's link is not connected", now)
+
+    def cancel_remote(self, task: TaskRecord) -> None:
+        self.links.send(int(task.placement["target"]), cancel_message(task))
+
+    def completed(self, task: TaskRecord) -> None:
+        """A task that this agent placed ended: its service delay is the policy's reward.
+
+        Only a task that ran to completion says how fast its server is: a cancelled or
+        failed one (its "delay" is the time to the cancel) would teach the policy that the
+        server a client cancels on is fast.
+        """
+        if task.origin != self.core.node or "policy" not in task.placement:
+            return
+        if task.state is TaskState.DONE and task.finished_at:
+            self.host.complete(task.id, task.finished_at - task.submitted_at)
+        else:
+            self.host.abandon(task.id)
+
+    # --- scheduling ------------------------------------------------------------------
+
+    def state(self, avoid: set[int], size_mbit: float) -> Any:
+        from dedgeai.scheduler.online import ClusterState
+
+        n = self.n_slots
+        backlog, load, capacity = np.zeros(n), np.zeros(n), np.ones(n)
+        available, transfer = np.zeros(n, dtype=bool), np.zeros(n)
+        own_backlog, own_load = self._own_work()
+        me = self.self_index
+        backlog[me], load[me] = max(0.0, own_backlog - own_load), own_load
+        capacity[me] = self._capacity() or self.config.emulated_steps_per_second
+        available[me] = True
+        for peer in self.table:
+            info = peer.info
+            rate = info.get("capacity_steps_per_s")
+            if (
+                not peer.state.schedulable
+                or peer.slot in avoid
+                or not rate
+                or not info.get("accepting", True)
+            ):
+                continue
+            peer_load = float(info.get("interval_load_steps", 0.0))
+            backlog[peer.slot] = max(0.0, float(info.get("backlog_steps", 0.0)) - peer_load)
+            load[peer.slot] = peer_load + self.pending[peer.slot]
+            capacity[peer.slot] = float(rate)
+            available[peer.slot] = True
+            transfer[peer.slot] = (peer.rtt_s or 0.0) + size_mbit / LINK_MBIT_PER_S
+        return ClusterState(me, backlog, load, capacity, available, transfer)
+
+    def place(self, task: TaskRecord) -> dict[str, Any]:
+        """The core's placer: where a first-hop task runs, and why."""
+        from dedgeai.scheduler.online import TaskSpec
+
+        started = time.perf_counter()
+        req = task.request
+        demand = equivalent_steps(req.steps, req.width, req.height)
+        if task.placement.get("force_local"):
+            placement = {"local": True, "target": self.self_index, "policy": "local"}
+            placement["reason"] = "re-dispatched too often: runs at its origin"
+            return placement
+        size = (len(req.prompt) + len(req.negative_prompt) + REQUEST_OVERHEAD_BYTES) * 8 / 1e6
+        state = self.state(set(task.placement.get("avoid", ())), size)
+        decision = self.host.decide(TaskSpec(demand, size), state, task.id)
+        target = int(decision.target)
+        if target != self.self_index:
+            self.pending[target] += demand
+        elapsed = time.perf_counter() - started
+        self.decision_s.append(elapsed)
+        peer = self.table.get(target)
+        where = (
+            self.core.identity
+            if peer is None
+            else {
+                "node": peer.node,
+                "name": peer.name,
+                "endpoint": peer.endpoint,
+            }
+        )
+        return {
+            "local": target == self.self_index,
+            "target": target,
+            **where,
+            "policy": decision.policy,
+            "reason": decision.reason,
+            "probs": [round(float(x), 4) for x in decision.probs],
+            "decision_us": round(elapsed * 1e6, 1),  # state + policy, as in status' decisions
+        }

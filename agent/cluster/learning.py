@@ -1,0 +1,358 @@
+"""The agent's scheduling policy: decisions on the loop thread, training on its own thread.
+
+``SchedulerHost`` wraps the scheduler library's ``ClusterScheduler``. The scheduler is not
+thread-safe, so one lock guards it, and decisions never wait for it: the loop thread only
+*tries* the lock, and while a training step holds it (a few milliseconds, at a bounded
+rate) the decision is taken by a greedy fallback and says so in its reason. Rewards (the
+observed service delay of a task that ran to completion) are queued and handed to the
+scheduler by the training thread; a failed or cancelled task is ``abandon``-ed (its
+transition dropped: the time to a cancel says nothing about a server's speed). The policy
+is checkpointed in the state directory and reloaded at start. A fresh learned actor
+warm-starts (imitates greedy) in the background; greedy decides until it is ready. A
+checkpoint for another number of servers stops the agent at start; a corrupt one
+(unreadable, NaN/inf weights) is refused, kept aside, and a fresh actor warm-starts.
+
+The learner cannot be poisoned: states with NaN/inf or absurd values are decided by greedy
+and never recorded (scheduler/state_checks.py), a delay that is not finite and > 0 gives no
+reward and a longer one is clipped to ``MAX_REWARD_DELAY_S``, a training step with NaN/inf
+losses or weights is rolled back, and no NaN/inf weight is saved or loaded. ``status()``
+counts each, and says whether the policy is ``ready``, ``warming`` or ``failed`` (and why).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dedgeai.agent.errors import ConfigError
+from dedgeai.scheduler.errors import CheckpointError, CorruptCheckpointError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger("dedgeai.agent.cluster.learning")
+
+SAVE_EVERY_S = 30.0  # checkpoint the learned policy at most this often (and at stop)
+MAX_QUEUED_REWARDS = 10_000
+IDLE_WAIT_S = 0.5  # the training thread's nap when it has nothing to learn from
+CAPACITY_WAIT_S = 15.0  # a fresh actor's warm start waits this long for every peer's speed
+# A reward's delay is clipped to this: one task stuck for hours (a paused peer, a clock
+# jump) must not dominate the critic's targets; it still reads as the worst outcome.
+MAX_REWARD_DELAY_S = 600.0
+REFUSED_NAME = "policy.refused.pt"  # where a corrupt <state>/policy.pt is kept aside
+READY, WARMING, FAILED = "ready", "warming", "failed"
+CapacityProbe = Callable[[], "np.ndarray | None"]
+
+
+class SchedulerHost:
+    """One ClusterScheduler behind a try-lock, plus its training thread."""
+
+    def __init__(
+        self,
+        policy: str,
+        n_servers: int,
+        self_index: int,
+        state_dir: Path,
+        checkpoint: str = "",
+        learn: bool = True,
+        train_steps_per_s: float = 2.0,
+        learn_warmup: int = 300,
+        seed: int = 0,
+        policy_actions: str = "sample",
+        explore_epsilon: float = 0.02,
+        capacities: CapacityProbe | None = None,
+    ) -> None:
+        """``capacities``: every server's measured speed once known (None until then); a
+        fresh learned actor waits up to ``CAPACITY_WAIT_S`` for it before its warm start."""
+        from dedgeai.scheduler.online import LEARNED, ClusterScheduler
+
+        self.policy, self.n_servers, self.self_index = policy, n_servers, self_index
+        self.save_path = state_dir / "policy.pt"
+        self.learn = learn and policy in LEARNED and n_servers >= 2
+        self.train_period_s = 1.0 / train_steps_per_s
+        self.lock = threading.Lock()
+        # (task id, delay) to reward; (task id, None) to abandon
+        self.rewards: collections.deque[tuple[str, float | None]] = collections.deque(
+            maxlen=MAX_QUEUED_REWARDS
+        )
+        self.fallback = ClusterScheduler("greedy", n_servers, self_index, seed=seed)
+        self.capacities = capacities
+        self.stats: dict[str, Any] = {
+            "trained_steps": 0,
+            "rewards": 0,
+            "fallback_decisions": 0,
+            "last_losses": None,
+            "checkpoint": None,
+            "loaded_from": None,
+            "ready": False,
+            "state": WARMING,
+            "reason": None,  # why the state is failed
+            "warm_start": None,
+            "checkpoint_refused": None,  # a corrupt checkpoint not loaded, and what instead
+            "save_refused": None,
+            "abandoned": 0,  # transitions dropped without a reward (failed/cancelled tasks)
+            "rejected_rewards": 0,  # delays not finite and > 0
+            "clipped_rewards": 0,  # delays over MAX_REWARD_DELAY_S
+        }
+        self._pending_interval = False
+        self._stop = threading.Event()
+        # DQN has no π to draw from: it always takes argmax of Q (with ε exploration).
+        argmax = policy_actions == "argmax" or policy == "dqn"
+        self._kwargs = {
+            "policy": policy,
+            "n_servers": n_servers,
+            "self_index": self_index,
+            "seed": seed,
+            "learn": self.learn,
+            "learn_config": self._learn_config(learn_warmup),
+            "deterministic": argmax,
+            "explore_epsilon": explore_epsilon if argmax else 0.0,
+            "mean_path": not argmax,
+        }
+        self.scheduler: Any = None
+        source = self.save_path if self.save_path.exists() else None
+        if source is None and checkpoint:
+            source = Path(checkpoint).expanduser()
+            if not source.is_file():
+                raise ConfigError(f"`policy_checkpoint` {source} does not exist")
+        if source is not None or policy not in LEARNED or n_servers < 2:
+            try:
+                self.scheduler = self._build(source)  # fast: load or a heuristic
+            except CorruptCheckpointError as exc:  # the thread warm-starts a fresh actor
+                assert source is not None
+                self._refuse(source, exc)
+            else:  # a checkpoint that does not fit raised ConfigError: the start stops
+                self.stats.update(
+                    ready=True, state=READY, loaded_from=str(source) if source else None
+                )
+        self._thread = threading.Thread(target=self._run, name="policy-trainer", daemon=True)
+
+    @staticmethod
+    def _learn_config(warmup: int) -> Any:
+        from dedgeai.scheduler.config import LearnConfig
+
+        defaults = LearnConfig()
+        return LearnConfig(warmup=warmup, batch_size=min(defaults.batch_size, max(1, warmup)))
+
+    def _build(self, checkpoint: Path | None, capacities: Any = None) -> Any:
+        from dedgeai.scheduler.errors import SchedulerError
+        from dedgeai.scheduler.online import ClusterScheduler
+
+        try:
+            built = ClusterScheduler(**self._kwargs, checkpoint=checkpoint, capacities=capacities)
+        except CorruptCheckpointError:
+            raise
+        except SchedulerError as exc:
+            hint = f"; delete {self.save_path} to start afresh" if checkpoint else ""
+            raise ConfigError(
+                f"policy `{self.policy}` with {self.n_servers} server(s): {exc}{hint}"
+            ) from exc
+        if built.draws_from_capped_lad:
+            log.warning(
+                "%s: a LAD actor with ε through a softmax (B7): its π is flat "
+                "(π_max ≲ 0.6), and drawing from it (policy_actions = sample) sends "
+                "tasks to slow servers; delete %s to warm-start afresh, or set "
+                "policy_actions = argmax",
+                checkpoint,
+                self.save_path,
+            )
+        return built
+
+    def _refuse(self, source: Path, exc: CorruptCheckpointError) -> None:
+        """A corrupt checkpoint: say why, keep our own aside (not overwritten by the next
+        save, not refused again at the next start); a fresh actor warm-starts instead."""
+        message = str(exc)
+        if source == self.save_path:
+            aside = self.save_path.with_name(REFUSED_NAME)
+            try:
+                source.replace(aside)
+                message += f"; kept as {aside}"
+            except OSError as move:
+                message += f"; could not move it aside ({move})"
+        message += "; starting afresh (a fresh actor warm-starts, greedy decides meanwhile)"
+        log.error("policy checkpoint refused: %s", message)
+        self.stats["checkpoint_refused"] = message
+
+    def _fail(self, reason: str) -> None:
+        log.error("policy %s: %s", self.policy, reason)
+        self.stats.update(state=FAILED, reason=reason)
+
+    def start(self) -> SchedulerHost:
+        self._thread.start()
+        return self
+
+    # --- the loop thread -------------------------------------------------------------
+
+    def decide(self, task: Any, cluster: Any, task_id: str | None) -> Any:
+        """A placement now: the policy's when it is free, else greedy's (never waits)."""
+        scheduler = self.scheduler
+        if scheduler is not None and self.lock.acquire(blocking=False):
+            try:
+                if self._pending_interval:
+                    scheduler.start_interval()
+                    self._pending_interval = False
+                return scheduler.decide(task, cluster, task_id=task_id)
+            finally:
+                self.lock.release()
+        self.stats["fallback_decisions"] += 1
+        placement = self.fallback.decide(task, cluster)
+        why = "busy training"
+        if scheduler is None:
+            why = "warming up" if self.stats["state"] == WARMING else "failed"
+        return type(placement)(
+            placement.target, placement.probs, "greedy", f"{self.policy} {why}: {placement.reason}"
+        )
+
+    def start_interval(self) -> None:
+        self._pending_interval = True  # applied under the lock by the next decision
+
+    def complete(self, task_id: str, delay_s: float) -> None:
+        """A placed task ran to completion in ``delay_s``: its reward, once checked.
+
+        Only for tasks that are done (``abandon`` the others). A delay that is not a
+        finite number > 0 gives no reward (``rejected_rewards``; the transition is dropped);
+        one over ``MAX_REWARD_DELAY_S`` is clipped to it (``clipped_rewards``)."""
+        if not self.learn:
+            return
+        try:
+            delay = float(delay_s)
+        except (TypeError, ValueError):
+            delay = math.nan
+        if not (math.isfinite(delay) and delay > 0):
+            self.stats["rejected_rewards"] += 1
+            self.rewards.append((task_id, None))
+            return
+        if delay > MAX_REWARD_DELAY_S:
+            self.stats["clipped_rewards"] += 1
+            delay = MAX_REWARD_DELAY_S
+        self.rewards.append((task_id, delay))
+
+    def abandon(self, task_id: str) -> None:
+        """A placed task failed, was cancelled or was reclaimed for good: no reward."""
+        if self.learn:
+            self.rewards.append((task_id, None))
+
+    # --- the training thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        if self.scheduler is None and not self._warm_start():
+            return
+        try:
+            self._train_loop()
+        except Exception as exc:  # whatever it was, status must say so, not "ready"
+            log.exception("the policy's training thread stopped")
+            self.learn = False  # no more rewards queued for a thread that is gone
+            self._fail(
+                f"training stopped ({type(exc).__name__}: {exc}); "
+                "the policy decides with its last good weights, without learning"
+            )
+
+    def _warm_start(self) -> bool:
+        """Build a fresh actor (imitating greedy); False, with status saying why, if it fails."""
+        try:
+            capacities = self._wait_for_capacities()
+            self.stats["warm_start"] = (
+                "greedy on measured capacities"
+                if capacities is not None
+                else "greedy on the paper's capacity spread (peer speeds not known in time)"
+            )
+            started = time.monotonic()
+            built = self._build(None, capacities)
+        except Exception as exc:  # a torch error as much as a ConfigError: greedy decides
+            log.exception("the %s policy could not be built", self.policy)
+            self._fail(f"warm start failed ({type(exc).__name__}: {exc}); greedy decides")
+            return False
+        with self.lock:
+            self.scheduler = built
+        self.stats.update(ready=True, state=READY)
+        log.info("policy %s ready in %.1f s", self.policy, time.monotonic() - started)
+        return True
+
+    def _train_loop(self) -> None:
+        last_save = time.monotonic()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            trained = self._train_once()
+            if trained and time.monotonic() - last_save >= SAVE_EVERY_S:
+                self.save()
+                last_save = time.monotonic()
+            pause = self.train_period_s if trained else IDLE_WAIT_S
+            self._stop.wait(max(0.0, pause - (time.monotonic() - started)))
+
+    def _wait_for_capacities(self) -> Any:
+        """Every server's speed (steps/s) once telemetry has it; None after the wait."""
+        deadline = time.monotonic() + CAPACITY_WAIT_S
+        while self.capacities is not None and not self._stop.is_set():
+            known = self.capacities()
+            if known is not None or time.monotonic() >= deadline:
+                return known
+            self._stop.wait(0.2)
+        return None
+
+    def _train_once(self) -> bool:
+        """Hand over queued rewards, then one training step; True when a step ran."""
+        if not self.learn or self.scheduler is None:
+            return False
+        with self.lock:
+            while self.rewards:
+                task_id, delay_s = self.rewards.popleft()
+                if delay_s is None:
+                    self.stats["abandoned"] += int(self.scheduler.abandon(task_id))
+                elif self.scheduler.complete(task_id, delay_s):
+                    self.stats["rewards"] += 1
+            losses = self.scheduler.train_step()  # None too when rolled back (NaN/inf)
+        if losses is None:
+            return False
+        self.stats["trained_steps"] += 1
+        self.stats["last_losses"] = {k: float(v) for k, v in losses.items()}
+        return True
+
+    def save(self) -> bool:
+        """Checkpoint a learning policy; False if there is none, or it could not be written
+        (a NaN/inf weight: ``save_refused`` says so, the last checkpoint stays)."""
+        if self.scheduler is None or not self.scheduler.learns:
+            return False
+        try:
+            with self.lock:
+                saved = self.scheduler.save(self.save_path)
+        except OSError as exc:
+            log.warning("could not checkpoint the policy to %s: %s", self.save_path, exc)
+            return False
+        except CheckpointError as exc:
+            log.error("policy checkpoint refused: %s", exc)
+            self.stats["save_refused"] = str(exc)
+            return False
+        if saved:
+            self.stats["checkpoint"] = str(self.save_path)
+            self.stats["saved_at"] = time.time()
+        return bool(saved)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+        if self.stats["trained_steps"]:
+            self.save()
+
+    def status(self) -> dict[str, Any]:
+        scheduler = self.scheduler
+        insane = self.fallback.insane_states
+        total = rejected = dropped = 0
+        if scheduler is not None:
+            total, insane = scheduler.trained_steps, insane + scheduler.insane_states
+            rejected, dropped = scheduler.rejected_updates, scheduler.dropped_transitions
+        return {
+            "policy": self.policy,
+            "learn": self.learn,
+            **self.stats,
+            "total_steps": total,
+            "insane_states": insane,  # decided by greedy on a sanitised state, not recorded
+            "rejected_updates": rejected,  # training steps rolled back (NaN/inf)
+            "dropped_transitions": dropped,  # completed transitions with NaN/inf, not buffered
+        }

@@ -1,0 +1,56 @@
+"""The ``cluster`` section of an agent's ``status``, read from a ``Cluster`` (which never
+imports this module: the status is built from the outside, by ``node.status``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from dedgeai.agent.cluster.coordinator import Cluster
+
+
+def cluster_status(self: Cluster, now: float) -> dict[str, Any]:
+    """Rows for this agent, every peer slot, and the mDNS finds it does not use."""
+    rows = [{"slot": self.self_index, "self": True, "state": "up", **self.body(now)}]
+    for peer in self.table:
+        info = peer.info
+        rows.append(
+            {
+                **info,
+                "slot": peer.slot,
+                "self": False,
+                "state": peer.state.value,
+                "endpoint": peer.endpoint,
+                "node": peer.node,
+                "name": peer.name,
+                "silent_s": peer.silent_for(now),
+                "rtt_s": peer.rtt_s,
+                "error": peer.error,
+                "discovered": peer.discovered,
+                "key": self.security.key_name(peer.endpoint) if self.security else None,
+            }
+        )
+    times = np.asarray(self.decision_s) * 1e6
+    decisions: dict[str, Any] = {"count": int(times.size)}
+    if times.size:
+        decisions.update(
+            p50_us=float(np.percentile(times, 50)),
+            p99_us=float(np.percentile(times, 99)),
+            max_us=float(times.max()),
+        )
+    return {
+        "self_index": self.self_index,
+        "n_servers": self.n_slots,
+        "gossip_interval_s": self.interval_s,
+        "scheduler": self.host.status(),
+        "decisions": decisions,
+        "forwarding": {
+            **self.forwarding.stats(),
+            "forwarded": self.core.counters["forwarded"],
+            "reclaimed": self.core.counters["reclaimed"],
+        },
+        "servers": sorted(rows, key=lambda r: r["slot"]),
+        "discovered_unused": [{"endpoint": e, **v} for e, v in self.unused.items()],
+    }

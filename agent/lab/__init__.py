@@ -1,0 +1,1 @@
+"""Real local clusters for ``dedgeai demo``, the benchmarks in ``tools/`` and the tests."""

@@ -1,0 +1,75 @@
+"""The ``status`` reply of one agent, read from the daemon's parts (no sockets touched)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from dedgeai.agent.cluster.status import cluster_status
+from dedgeai.agent.node import protocol as p
+
+if TYPE_CHECKING:
+    from dedgeai.agent.node.daemon import AgentDaemon
+
+
+@functools.cache
+def package_version() -> str:
+    try:
+        return metadata.version("dedgeai")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def status_body(daemon: AgentDaemon, now: float) -> dict[str, Any]:
+    """The body of a ``status`` reply: this agent, its backend, queue, capacity, cluster."""
+    core = daemon.core
+    backlog_steps, backlog_s = core.backlog()
+    running = core.tasks.get(core.running) if core.running else None
+    profile = core.profile
+    return {
+        "agent": {
+            "node": core.node,
+            "name": daemon.config.display_name,
+            "endpoint": daemon.endpoint,
+            "protocol": p.PROTOCOL_VERSION,
+            "version": package_version(),
+            "pid": os.getpid(),
+            "uptime_s": now - daemon.started_at,
+            "accepting": core.accepting,
+            "curve": daemon.authenticator is not None,
+            "public_key": daemon.public_key,
+        },
+        "backend": {
+            "name": daemon.backend.name,
+            "model": daemon.config.model,
+            "emulated": bool(daemon.backend.emulated),
+            "plan": daemon._plan,
+        },
+        "telemetry": daemon.telemetry_dict(),
+        "queue": {
+            "queued": len(core.queue),
+            "held": len(core.held),  # forwarded here, waiting for their origin to ask again
+            "owned": core.owned(),  # what admission counts against max_queue
+            "max_queue": core.max_queue,
+            "running": running.id if running else None,
+            "running_step": running.step if running else None,
+            "running_steps": running.request.steps if running else None,
+            "backlog_steps": backlog_steps,
+            "backlog_s": backlog_s,
+        },
+        "capacity": {
+            "steps_per_second": profile.steps_per_second if profile else None,
+            **daemon._profile_state,
+        },
+        "counters": dict(core.counters),
+        "storage": {
+            "ok": core.storage_error is None,
+            "error": core.storage_error,
+            "unsaved": len(daemon._unsaved),
+            "corrupt_rows": daemon.journal.corrupt_rows(),
+        },
+        "retention": daemon.store.retention_summary(now),
+        "cluster": cluster_status(daemon.cluster, now) if daemon.cluster is not None else None,
+    }

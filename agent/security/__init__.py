@@ -1,0 +1,1 @@
+"""Who is who: key files and roles, CURVE for clients and peers, the authority table."""
