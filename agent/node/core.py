@@ -213,7 +213,7 @@ class AgentCore:
                 if not may_touch(sender, known):
                     text = f"task id {known.id} is taken by another client; choose another"
                     return [Send(route, p.error_reply(msg.id, ErrorCode.FORBIDDEN, text))]
-                return self._resubmit(route, msg, known)
+                return self._resubmit(route, msg, known, now)
         if self.storage_error is not None:
             text = f"the agent cannot journal new tasks ({self.storage_error}); retry later"
             return [Send(route, p.error_reply(msg.id, ErrorCode.STORAGE, text))]
@@ -268,8 +268,12 @@ class AgentCore:
     def notify(self, task: TaskRecord, stage: str, position: int = 0) -> list[Effect]:
         return self._notify(task, stage, position)
 
-    def _resubmit(self, route: Route, msg: p.Submit, known: TaskRecord) -> list[Effect]:
-        if known.id in self.held:  # its origin still wants it from us: run it now
+    def _resubmit(
+        self, route: Route, msg: p.Submit, known: TaskRecord, now: float
+    ) -> list[Effect]:
+        # Its origin still wants it from us: run it now. Not while the socket may still hold
+        # stale copies from before a freeze: a second copy of an old submit is no new ask.
+        if known.id in self.held and now >= self.hold_forwards_until:
             del self.held[known.id]
             if known.state is TaskState.QUEUED:  # (a running one being stopped requeues itself)
                 self.queue.append(known.id)

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from dedgeai.agent.cluster.peers import Heard, Peer, PeerState, PeerTable
+from dedgeai.agent.lab.harness import cluster_view, peer_states, wait_for
 from dedgeai.agent.node import protocol as p
 from dedgeai.agent.node.core import AgentCore
 from dedgeai.agent.node.protocol import NodeId, TaskId
 from dedgeai.agent.security.authority import LOCAL_PEER
 from dedgeai.models.backend import GenerationRequest
 from tests.agent.test_core import FakeStore
-
-from .conftest import cluster_view, peer_states, wait_for  # noqa: TID252
 
 
 def completed_runs(*state_dirs: Path) -> Counter[str]:
@@ -95,6 +94,8 @@ def test_forwards_read_just_after_a_freeze_are_held_not_run() -> None:
     task = "77777777-7777-4777-8777-777777777777"
     core.handle((b"r",), _forward(task), 11.0, LOCAL_PEER)
     assert task in core.held and not core.queue  # maybe stale: its origin may have moved it
+    core.handle((b"r",), _forward(task), 11.1, LOCAL_PEER)  # a second stale copy (a re-send)
+    assert task in core.held and not core.queue  # is no new ask (chaos run, task a33227aa)
     core.handle((b"r",), _forward(task), 14.0, LOCAL_PEER)  # the origin asks again: run it
     assert list(core.queue) == [task] and task not in core.held
     fresh = "88888888-8888-4888-8888-888888888888"
