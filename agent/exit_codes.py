@@ -12,3 +12,4 @@ class ExitCode(IntEnum):
     BUSY = 3
     TASK_FAILED = 4
     UNREACHABLE = 5
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, the shell's convention)

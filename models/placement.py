@@ -379,3 +379,14 @@ def parse_bytes(text: str) -> int:
     if unit not in units or value <= 0:
         raise ValueError(f"cannot read a memory size from {text!r}; write e.g. 8GiB or 7.5GB")
     return int(value * units[unit])
+
+
+def parse_budget(text: str) -> int:
+    """A memory budget as a person writes it, units required: '8GiB', '8GB', '512MiB'.
+
+    A bare number is refused (``--budget 8`` would otherwise be 8 bytes).
+    """
+    cleaned = text.strip().upper().replace(" ", "")
+    if not cleaned or cleaned[-1].isdigit() or cleaned[-1] == ".":
+        raise ValueError(f"--budget {text!r} needs a unit: write e.g. 8GiB, 8GB or 512MiB")
+    return parse_bytes(text)

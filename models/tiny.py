@@ -20,7 +20,8 @@ from dedgeai.models.tokenizers import tiny_tokenizer
 TINY_SEED = 0
 TINY_WARNING = (
     "using the built-in tiny model (random weights): its images are noise until SD3-medium weights "
-    "are set with --model PATH (a diffusers folder or sd3_medium.safetensors + clip_g + clip_l)"
+    "(a diffusers folder or sd3_medium.safetensors + clip_g + clip_l) are set with model = PATH in "
+    "the agent's config, or dedgeai generate --model PATH"
 )
 
 

@@ -2,6 +2,7 @@
 
 Every method gets its own :class:`ArrivalStream` built from the same seed, so all of them see
 identical task streams (fixing P1/§3.5); method randomness uses separate generators.
+Importing this module does not import torch: the learners are imported when one is built.
 """
 
 from __future__ import annotations
@@ -10,13 +11,11 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from dedgeai.scheduler.config import Preset, Switches
-from dedgeai.scheduler.dqn_ts import DQNTS
-from dedgeai.scheduler.dsac import SACTS
 from dedgeai.scheduler.env import ArrivalStream, Episode, SystemParams, make_system, slot_outcome
 from dedgeai.scheduler.errors import ConfigurationError
 from dedgeai.scheduler.heuristics import (
@@ -28,9 +27,13 @@ from dedgeai.scheduler.heuristics import (
     Scheduler,
     SlotView,
 )
-from dedgeai.scheduler.lad_ts import D2SACTS, LADTS
 
-LEARNERS = {"lad": LADTS, "d2sac": D2SACTS, "sac": SACTS, "dqn": DQNTS}
+if TYPE_CHECKING:
+    import torch
+
+    from dedgeai.scheduler.learner import SlotLearner
+
+LEARNERS = ("lad", "d2sac", "sac", "dqn")  # built by learner_class(); they import torch
 HEURISTICS = ("opt", "local", "random", "round-robin", "least-backlog")
 METHODS = (*LEARNERS, *HEURISTICS)
 METHOD_TITLES = {
@@ -48,16 +51,35 @@ METHOD_TITLES = {
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch; runs are single-threaded and reproducible."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def learner_class(name: str) -> type[SlotLearner]:
+    """The class of a learning method (see LEARNERS); imports torch."""
+    from dedgeai.scheduler.dqn_ts import DQNTS
+    from dedgeai.scheduler.dsac import SACTS
+    from dedgeai.scheduler.lad_ts import D2SACTS, LADTS
+
+    classes: dict[str, type[SlotLearner]] = {
+        "lad": LADTS,
+        "d2sac": D2SACTS,
+        "sac": SACTS,
+        "dqn": DQNTS,
+    }
+    if name not in classes:
+        raise ConfigurationError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
+    return classes[name]
 
 
 def make_method(name: str, preset: Preset, switches: Switches, seed: int) -> Scheduler:
     """Build a scheduler by name (see METHODS)."""
     method_seed = seed * 1000 + METHODS.index(name) if name in METHODS else seed
     if name in LEARNERS:
-        return LEARNERS[name](preset.env, preset.learn, switches, method_seed)
+        return learner_class(name)(preset.env, preset.learn, switches, method_seed)
     if name == "opt":
         return OptTS()
     if name == "local":

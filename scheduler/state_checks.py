@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from dedgeai.scheduler.online import ClusterState, TaskSpec
+if TYPE_CHECKING:  # the fields read, not the dataclasses (cluster_state imports this module)
+    from dedgeai.scheduler.state_shapes import ClusterLike as ClusterState
+    from dedgeai.scheduler.state_shapes import TaskLike as TaskSpec
 
 # Beyond these a report is broken, not a busy server.
 MAX_WORK_STEPS = 1e9  # backlog or in-interval load of one server; a task's demand

@@ -111,11 +111,19 @@ def test_scheduler_and_models_never_import_the_agent():
 def test_the_lab_is_not_part_of_the_product():
     """The harness (demo, benchmarks, tests) may use every room; no room uses it but the CLI."""
     for module, imports in GRAPH.items():
-        if _room(module) in ("dedgeai.agent.node", "dedgeai.agent.cluster", "dedgeai.agent.security"):
+        if _room(module) in (
+            "dedgeai.agent.node",
+            "dedgeai.agent.cluster",
+            "dedgeai.agent.security",
+        ):
             assert not {i for i in imports if i.startswith("dedgeai.agent.lab")}, module
 
 
 def test_the_node_does_not_know_the_cli():
     for module, imports in GRAPH.items():
-        if _room(module) in ("dedgeai.agent.node", "dedgeai.agent.cluster", "dedgeai.agent.security"):
+        if _room(module) in (
+            "dedgeai.agent.node",
+            "dedgeai.agent.cluster",
+            "dedgeai.agent.security",
+        ):
             assert not {i for i in imports if i.startswith("dedgeai.agent.client")}, module

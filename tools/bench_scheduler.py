@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dedgeai.scheduler.config import Switches, get_preset
-from dedgeai.scheduler.report import summarize
+from dedgeai.scheduler.report import converged_label, summarize
 from dedgeai.scheduler.simulate import METHOD_TITLES, METHODS, EpisodeStats, train
 
 AUTHORS_SECONDS_PER_EPISODE = {
@@ -162,7 +162,8 @@ def quality(args: argparse.Namespace) -> None:
             "converged_episode": conv,
             "final_mean_delay_s_mean": float(np.mean(finals)),
             "ratio_to_opt_mean": float(np.mean(ratios)),
-            "converged_episode_median": float(np.median(conv)),
+            # None: not a learner, or not converged within the run (scheduler/report.py)
+            "converged_episode_median": float(np.median(conv)) if None not in conv else None,
         }
     table = Table(
         title=f"paper preset, corrected defaults, {args.episodes} episodes, seeds {args.seeds}: last 50 episodes"
@@ -179,7 +180,7 @@ def quality(args: argparse.Namespace) -> None:
             METHOD_TITLES[method],
             " ".join(f"{v:.3f}" for v in row["final_mean_delay_s"]),
             " ".join(f"{v:.3f}" for v in row["ratio_to_opt"]),
-            " ".join(str(v) for v in row["converged_episode"]),
+            " ".join(converged_label(per_seed[s][method]) for s in args.seeds),
         )
     console.print(table)
     _write(

@@ -53,7 +53,13 @@ def demo(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for the PNGs and demo.json.")
     ] = Path("dedgeai-demo"),
-    policy: Annotated[str, typer.Option(help=", ".join(POLICIES) + ".")] = "lad",
+    policy: Annotated[
+        str,
+        typer.Option(
+            help=", ".join(POLICIES) + ". A learned one (lad, sac, dqn) warms up in the "
+            "background: greedy decides until it is ready, and the table says so."
+        ),
+    ] = "lad",
     steps: Annotated[
         str | None,
         typer.Option(help="Denoising steps per task, N or LOW-HIGH [default: 2-4; EMULATED 10-19]"),

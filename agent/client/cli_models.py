@@ -6,7 +6,7 @@ Exit codes: 0 done · 1 internal model error · 2 bad input, weights or budget �
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -22,8 +22,25 @@ from dedgeai.models.errors import (
     WeightsError,
 )
 
+if TYPE_CHECKING:
+    from dedgeai.models.components import SD3Configs
+    from dedgeai.models.placement import Target
+
 GIB = 2**30
-PLAN_ONLY_MODEL = "sd3-medium"  # the packaged SD3-medium configs, for `model plan` without weights
+PLAN_ONLY_MODEL = "sd3-medium"
+PRESET_NAMES = (  # mirrors models/presets.PRESETS, kept here so `--help` imports no torch
+    "jetson-orin-nano-8gb",
+    "jetson-orin-8gb",
+    "jetson-orin-16gb",
+    "jetson-agx-orin-32gb",
+    "jetson-agx-orin-64gb",
+    "rtx-3060-12gb",
+    "rtx-4060-8gb",
+    "rtx-4070-12gb",
+    "rtx-4090-24gb",
+    "a100-40gb",
+    "h200-141gb",
+)  # the packaged SD3-medium configs, for `model plan` without weights
 console = Console()
 err_console = Console(stderr=True)
 
@@ -54,7 +71,7 @@ DeviceOpt = Annotated[
 
 
 def _fail(message: str, code: ExitCode) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code=int(code))
 
 
@@ -68,10 +85,10 @@ def _parse_size(size: str) -> tuple[int, int]:
 def _parse_budget(budget: str | None) -> int | None:
     if budget is None:
         return None
-    from dedgeai.models.placement import parse_bytes
+    from dedgeai.models.placement import parse_budget
 
     try:
-        return parse_bytes(budget)
+        return parse_budget(budget)
     except ValueError as exc:
         raise _fail(str(exc), ExitCode.BAD_INPUT) from None
 
@@ -146,58 +163,140 @@ def generate(
     )
 
 
+PlanModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        envvar="DEDGEAI_MODEL",
+        help="'sd3-medium' (the real layout, from the packaged configs: no weights needed), "
+        "'tiny' (the built-in test model) or a weights path.",
+    ),
+]
+PlanDeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="A board to plan for without having it: "
+        + ", ".join(PRESET_NAMES)
+        + "; or cuda, cuda:N, cpu (default: this machine).",
+    ),
+]
+
+
+def _model_line(model: str) -> str:
+    if model == PLAN_ONLY_MODEL:
+        return "model: sd3-medium (the real layout, from the packaged configs)"
+    if model in ("", "tiny"):
+        return "model: tiny (the built-in TEST model, not SD3-medium: use --model sd3-medium)"
+    return f"model: weights at {model}"
+
+
 @model_app.command("plan")
 def plan(
-    model: ModelOpt = "tiny",
+    model: PlanModelOpt = PLAN_ONLY_MODEL,
     budget: BudgetOpt = None,
     size: SizeOpt = "1024x1024",
     placement: PlacementOpt = None,
-    device: DeviceOpt = None,
+    device: PlanDeviceOpt = None,
     unified: Annotated[
-        bool, typer.Option("--unified", help="Plan for a unified-memory board (Jetson) instead.")
+        bool,
+        typer.Option(
+            "--unified", help="Plan for a unified-memory GPU board (a Jetson); needs --budget."
+        ),
     ] = False,
 ) -> None:
-    """Print the placement plan and its predicted peak, without loading any weights.
+    """Will the model fit? Print the plan, its predicted peak and the expected slow-down.
 
-    ``--model sd3-medium`` plans with the packaged SD3-medium configs (no files needed);
-    ``--device cuda`` with ``--budget`` plans for a GPU this machine need not have.
+    Loads no weights. ``--device jetson-orin-8gb`` (or another preset) answers for that board;
+    ``--device cuda --budget 8GiB`` or ``--unified --budget 8GiB`` for any GPU this machine
+    need not have. Peaks and slow-downs are estimates (see docs/models.md).
     """
-    import torch
-
-    from dedgeai.models import devices
-    from dedgeai.models.components import SD3Configs
-    from dedgeai.models.placement import Target
-    from dedgeai.models.sd3_backend import make_plan
-    from dedgeai.models.tiny import tiny_configs
-    from dedgeai.models.weights import resolve_layout
+    from dedgeai.models.presets import PRESETS, slowdown_text
 
     width, height = _parse_size(size)
     budget_bytes = _parse_budget(budget)
+    board = PRESETS.get(device.strip().lower()) if device else None
     try:
-        layout = None if model in ("", "tiny", PLAN_ONLY_MODEL) else resolve_layout(model)
-        if layout is not None:
-            configs = layout.configs
+        configs, has_files = _plan_configs(model)
+        if board is not None:
+            target = board.target() if has_files else _no_files(board.target())
+            budget_bytes = board.budget_bytes if budget_bytes is None else budget_bytes
+            console.print(f"device: {board.summary()}", highlight=False, soft_wrap=True)
         else:
-            configs = (
-                SD3Configs.builtin("sd3_medium") if model == PLAN_ONLY_MODEL else tiny_configs()
-            )
-        if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
-            if budget_bytes is None:
-                raise _fail(
-                    "planning for a GPU this machine lacks needs --budget", ExitCode.BAD_INPUT
-                )
-            target = Target(
-                device, unified_memory=unified, reload_from_files=unified and layout is not None
-            )
-        else:
-            where = devices.resolve_device(device)
-            target = devices.target_for(where, reload_from_files=layout is not None)
-            if budget_bytes is None:
-                budget_bytes = devices.default_budget_bytes(where)
+            target, budget_bytes = _plan_target(device, unified, has_files, budget_bytes)
+        console.print(_model_line(model), highlight=False, soft_wrap=True)
+        from dedgeai.models.sd3_backend import make_plan
+
         chosen = make_plan(configs, target, budget_bytes, (width, height), placement)
-    except (InvalidRequest, WeightsError, PlacementError, ValueError) as exc:
+    except PlacementError as exc:
+        raise _fail(f"does not fit: {exc}", ExitCode.BAD_INPUT) from None
+    except (InvalidRequest, WeightsError, ValueError) as exc:
         raise _fail(str(exc), ExitCode.BAD_INPUT) from None
     console.print(str(chosen), highlight=False)
+    peak, room = chosen.predicted_peak_bytes / GIB, budget_bytes / GIB
+    fits = chosen.predicted_peak_bytes <= budget_bytes
+    verdict = "fits" if fits else "does NOT fit (forced placement)"
+    console.print(
+        f"answer: {verdict}: plan {chosen.kind.value}"
+        f"{' with VAE tiling' if chosen.vae_tiling else ''}, predicted peak {peak:.2f} GiB "
+        f"of {room:.2f} GiB (estimate)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    slowdown = slowdown_text(chosen.kind, chosen.vae_tiling)
+    console.print(f"expected slow-down: {slowdown}", highlight=False, soft_wrap=True)
+    if not fits:
+        raise typer.Exit(int(ExitCode.BAD_INPUT))
+
+
+def _plan_configs(model: str) -> tuple[SD3Configs, bool]:
+    """The configs to plan with, and whether weight files exist to re-read staged modules."""
+    from dedgeai.models.components import SD3Configs
+    from dedgeai.models.tiny import tiny_configs
+    from dedgeai.models.weights import resolve_layout
+
+    if model == PLAN_ONLY_MODEL:
+        return SD3Configs.builtin("sd3_medium"), True  # a deployed board has the files
+    if model in ("", "tiny"):
+        return tiny_configs(), False
+    return resolve_layout(model).configs, True
+
+
+def _no_files(target: Target) -> Target:
+    from dedgeai.models.placement import Target
+
+    return Target(target.device, target.unified_memory, reload_from_files=False)
+
+
+def _plan_target(
+    device: str | None, unified: bool, has_files: bool, budget_bytes: int | None
+) -> tuple[Target, int]:
+    """The target and budget for ``--device cuda|cpu`` and ``--unified`` (no preset)."""
+    from dedgeai.models.placement import Target
+
+    if unified or (device is not None and device.startswith("cuda")):
+        gpu = device or "cuda"
+        if not gpu.startswith("cuda"):
+            raise ValueError(f"--unified plans for a GPU board; --device {device!r} is not one")
+        if unified:  # a Jetson: host memory is its GPU memory, and fp16 on the GPU
+            if budget_bytes is None:
+                raise ValueError("--unified needs --budget (the board's free memory, e.g. 6GiB)")
+            return Target(gpu, unified_memory=True, reload_from_files=has_files), budget_bytes
+        import torch
+
+        if not torch.cuda.is_available():
+            if budget_bytes is None:
+                raise ValueError("planning for a GPU this machine lacks needs --budget")
+            return Target(gpu, unified_memory=False), budget_bytes
+    import torch  # noqa: F401 (devices needs it; planning for this machine)
+
+    from dedgeai.models import devices
+
+    where = devices.resolve_device(device)
+    target = devices.target_for(where, reload_from_files=has_files)
+    if budget_bytes is None:
+        budget_bytes = devices.default_budget_bytes(where)
+    return target, budget_bytes
 
 
 def register(app: typer.Typer) -> None:

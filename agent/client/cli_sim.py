@@ -1,33 +1,37 @@
-"""``dedgeai sim``: train and compare schedulers on the paper's simulated edge system."""
+"""``dedgeai sim``: train and compare schedulers on the paper's simulated edge system.
+
+Importing this module imports neither torch, numpy nor matplotlib (``dedgeai --help`` stays
+light): the simulator, the learners and the plotting are imported inside the commands.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from dedgeai.agent.client.sim_output import MetricsWriter, plot_learning, write_summary
 from dedgeai.agent.exit_codes import ExitCode
-from dedgeai.scheduler.checkpoints import load_trained, save_trained
 from dedgeai.scheduler.config import PRESETS, Preset, Switches, get_preset
-from dedgeai.scheduler.env import state_dim
 from dedgeai.scheduler.errors import SchedulerError
-from dedgeai.scheduler.heuristics import Scheduler
-from dedgeai.scheduler.learner import SlotLearner
-from dedgeai.scheduler.report import summarize
-from dedgeai.scheduler.simulate import LEARNERS, METHOD_TITLES, METHODS, EpisodeStats, train
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from dedgeai.scheduler.heuristics import Scheduler
+    from dedgeai.scheduler.report import Summary
+    from dedgeai.scheduler.simulate import EpisodeStats
+
+# The names of dedgeai.scheduler.simulate.LEARNERS and METHODS, here so that the help needs
+# no numpy; tests/scheduler/test_sim_report.py checks that they agree.
+LEARNER_NAMES = ("lad", "d2sac", "sac", "dqn")
+METHOD_NAMES = (*LEARNER_NAMES, "opt", "local", "random", "round-robin", "least-backlog")
+PAPER_SLOTS = PRESETS["paper"].env.n_slots
 
 app = typer.Typer(
     help="Train and compare schedulers on the paper's simulated edge system.", no_args_is_help=True
@@ -36,7 +40,13 @@ err = Console(stderr=True)
 console = Console()
 
 PresetOpt = Annotated[str, typer.Option(help=f"System preset: {', '.join(PRESETS)}.")]
-EpisodesOpt = Annotated[int, typer.Option(help="Episodes to run (each 59 slots of arrivals).")]
+EpisodesOpt = Annotated[
+    int,
+    typer.Option(
+        help=f"Episodes to run (paper preset: {PAPER_SLOTS} slots each, the first "
+        f"{PAPER_SLOTS - 1} decided, as in the paper)."
+    ),
+]
 SeedOpt = Annotated[
     int, typer.Option(help="Seed of the task streams and of every method's randomness.")
 ]
@@ -53,16 +63,40 @@ RefOpt = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code=ExitCode.BAD_INPUT)
 
 
-def _check(episodes: int) -> None:
+def _check(episodes: int, preset: str, servers: int | None) -> Preset:
     if episodes <= 0:
         raise _fail(f"--episodes must be > 0, got {episodes}")
+    try:
+        return get_preset(preset, servers)
+    except SchedulerError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _writable_dir(directory: Path, option: str) -> None:
+    """Make ``directory`` (with parents) and prove it writable, before any long work."""
+    if directory.exists() and not directory.is_dir():
+        raise _fail(f"{option} {directory} is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise _fail(f"cannot write into {option} {directory}: {exc.strerror or exc}") from exc
 
 
 def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -78,14 +112,16 @@ def _run(
     names: list[str],
     episodes: int,
     seed: int,
-    preset_name: str,
-    servers: int | None,
-    reference: bool,
+    preset: Preset,
+    switches: Switches,
     out_dir: Path,
     resume: Path | None = None,
-) -> tuple[Preset, Switches, dict[str, list[EpisodeStats]], dict[str, Scheduler]]:
-    preset = get_preset(preset_name, servers)
-    switches = Switches.reference() if reference else Switches()
+) -> tuple[dict[str, list[EpisodeStats]], dict[str, Scheduler]]:
+    from dedgeai.agent.client.sim_output import MetricsWriter
+    from dedgeai.scheduler.checkpoints import load_trained
+    from dedgeai.scheduler.env import state_dim
+    from dedgeai.scheduler.simulate import METHOD_TITLES, train
+
     initial = None
     if resume is not None:
         initial = load_trained(
@@ -94,7 +130,6 @@ def _run(
             preset.env.n_servers,
             state_dim(preset.env.n_servers, switches.inslot_load_in_state),
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
     writer = MetricsWriter(out_dir / "metrics.csv")
     history: dict[str, list[EpisodeStats]] = {}
     learners: dict[str, Scheduler] = {}
@@ -112,29 +147,32 @@ def _run(
                 )
     finally:
         writer.close()
-    return preset, switches, history, learners
+    return history, learners
 
 
-def _table(summary: dict[str, dict[str, float]], title: str) -> Table:
-    table = Table(title=title)
-    for column in (
-        "method",
-        "final delay (s)",
-        "p95 (s)",
-        "× Opt-TS",
-        "converged (ep)",
-        "offloaded",
-        "s/episode",
-    ):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for method, row in sorted(summary.items(), key=lambda kv: kv[1]["final_mean_delay_s"]):
+def _table(summary: dict[str, Summary], title: str) -> Table:
+    from dedgeai.scheduler.report import converged_label
+    from dedgeai.scheduler.simulate import METHOD_TITLES
+
+    table = Table(
+        title=title,
+        caption="delay, p95: mean of the final episodes; converged: episode ("
+        "— not a learner, > N not within N)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,  # with pad_edge=False: fits 80 columns
+    )
+    table.add_column("method", no_wrap=True)
+    for column in ("delay (s)", "p95 (s)", "× Opt-TS", "converged", "offloaded", "s/ep"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for method, row in sorted(summary.items(), key=lambda kv: float(kv[1]["final_mean_delay_s"])):
         ratio = row.get("ratio_to_opt")
         table.add_row(
             METHOD_TITLES.get(method, method),
             f"{row['final_mean_delay_s']:.3f}",
             f"{row['final_p95_delay_s']:.2f}",
             "—" if ratio is None else f"{ratio:.3f}",
-            str(row["converged_episode"]),
+            converged_label(row),
             f"{row['offloaded_fraction']:.0%}",
             f"{row['seconds_per_episode_median']:.3f}",
         )
@@ -144,7 +182,7 @@ def _table(summary: dict[str, dict[str, float]], title: str) -> Table:
 @app.command("train")
 def train_cmd(
     out: OutOpt,
-    method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")] = "lad",
+    method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHOD_NAMES)}.")] = "lad",
     episodes: EpisodesOpt = 100,
     seed: SeedOpt = 0,
     preset: PresetOpt = "paper",
@@ -154,25 +192,37 @@ def train_cmd(
         Path | None, typer.Option(help="Continue from a policy.pt written by this command.")
     ] = None,
 ) -> None:
-    """Train one method; writes OUT/metrics.csv and, for learners, OUT/policy.pt."""
-    _check(episodes)
-    if method not in METHODS:
-        raise _fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if resume is not None and method not in LEARNERS:
-        raise _fail(f"--resume needs a learning method ({', '.join(LEARNERS)}), not {method!r}")
-    try:
-        _, _, history, learners = _run(
-            [method], episodes, seed, preset, servers, reference_compatible, out, resume
+    """Train one method: OUT/metrics.csv, summary.json, learning.png and, for learners, policy.pt."""
+    preset_cfg = _check(episodes, preset, servers)
+    if method not in METHOD_NAMES:
+        raise _fail(f"unknown method {method!r}; choose from {', '.join(METHOD_NAMES)}")
+    if resume is not None and method not in LEARNER_NAMES:
+        raise _fail(
+            f"--resume needs a learning method ({', '.join(LEARNER_NAMES)}), not {method!r}"
         )
+    _writable_dir(out, "--out")
+
+    from dedgeai.agent.client.sim_output import plot_learning, write_summary
+    from dedgeai.scheduler.checkpoints import save_trained
+    from dedgeai.scheduler.learner import SlotLearner
+    from dedgeai.scheduler.report import summarize
+    from dedgeai.scheduler.simulate import METHOD_TITLES
+
+    switches = Switches.reference() if reference_compatible else Switches()
+    try:
+        history, learners = _run([method], episodes, seed, preset_cfg, switches, out, resume)
         learner = learners[method]
         if isinstance(learner, SlotLearner):
             save_trained(out / "policy.pt", learner, method, episodes, seed)
     except SchedulerError as exc:
         raise _fail(str(exc)) from exc
     summary = summarize(history)
+    title = f"{METHOD_TITLES[method]}, preset {preset}, seed {seed}"
     write_summary(out / "summary.json", {"preset": preset, "seed": seed, "methods": summary})
-    console.print(_table(summary, f"{METHOD_TITLES[method]}, preset {preset}, seed {seed}"))
-    written = ["metrics.csv", "summary.json"] + (["policy.pt"] if method in LEARNERS else [])
+    plot_learning(out / "learning.png", [history], title)
+    console.print(_table(summary, title))
+    written = ["metrics.csv", "summary.json", "learning.png"]
+    written += ["policy.pt"] if method in LEARNER_NAMES else []
     console.print(f"wrote {', '.join(str(out / name) for name in written)}")
 
 
@@ -183,23 +233,28 @@ def compare_cmd(
     seed: SeedOpt = 0,
     methods: Annotated[
         str, typer.Option(help="Comma-separated methods (default: all).")
-    ] = ",".join(METHODS),
+    ] = ",".join(METHOD_NAMES),
     preset: PresetOpt = "paper",
     servers: ServersOpt = None,
     reference_compatible: RefOpt = False,
 ) -> None:
     """Every method on the same task streams: metrics.csv, summary.json, learning.png and a table."""
-    _check(episodes)
+    preset_cfg = _check(episodes, preset, servers)
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in METHOD_NAMES]
     if unknown or not names:
         raise _fail(
-            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}"
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(METHOD_NAMES)}"
         )
+    _writable_dir(out, "--out")
+
+    from dedgeai.agent.client.sim_output import plot_learning, write_summary
+    from dedgeai.scheduler.report import summarize
+
+    switches = Switches.reference() if reference_compatible else Switches()
     try:
-        preset_cfg, switches, history, _ = _run(
-            names, episodes, seed, preset, servers, reference_compatible, out
-        )
+        history, _ = _run(names, episodes, seed, preset_cfg, switches, out)
     except SchedulerError as exc:
         raise _fail(str(exc)) from exc
     summary = summarize(history)
@@ -217,6 +272,29 @@ def compare_cmd(
             "methods": summary,
         },
     )
-    plot_learning(out / "learning.png", history, title)
+    plot_learning(out / "learning.png", [history], title)
     console.print(_table(summary, title))
     console.print(f"wrote {out / 'metrics.csv'}, {out / 'summary.json'}, {out / 'learning.png'}")
+
+
+@app.command("plot")
+def plot_cmd(
+    metrics: Annotated[
+        list[Path], typer.Argument(help="metrics.csv files; several (seeds) are averaged.")
+    ],
+    out: Annotated[Path, typer.Option(help="The PNG to write.")],
+    title: Annotated[str, typer.Option(help="Title of the figure.")] = "learning curves",
+) -> None:
+    """Redraw learning.png from metrics CSVs (of `sim train`, `sim compare` or the benchmark)."""
+    if out.is_dir():
+        raise _fail(f"--out {out} is a directory; give the PNG's file name")
+    _writable_dir(out.parent, "the directory of --out")
+
+    from dedgeai.agent.client.sim_output import plot_learning, read_metrics
+
+    try:
+        runs = [read_metrics(path) for path in metrics]
+    except SchedulerError as exc:
+        raise _fail(str(exc)) from exc
+    plot_learning(out, runs, title)
+    console.print(f"wrote {out}")

@@ -3,7 +3,8 @@
 
 Exit codes (``ExitCode``): 0 done · 1 internal error, or a malformed reply from the agent ·
 2 bad input, unknown task, bad configuration or forbidden · 3 agent busy, shutting down or out of storage ·
-4 task failed or cancelled · 5 agent unreachable (after the timeout and retries).
+4 task failed or cancelled · 5 agent unreachable (after the timeout and retries) ·
+130 interrupted (Ctrl-C) while waiting for a submitted task, whose id and cancel command are shown.
 
 Nothing an agent sends is trusted: remote text is shown through ``render`` (never as rich
 markup, control characters replaced), the fields used are type-checked, and file names are
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,10 +43,11 @@ from dedgeai.agent.errors import (
     RemoteError,
     TaskFailed,
     TaskNotFound,
+    remote_error,
 )
 from dedgeai.agent.exit_codes import ExitCode
 from dedgeai.agent.node.config import load_config, parse_override, render_toml
-from dedgeai.agent.node.protocol import Reply, TaskId, new_task_id
+from dedgeai.agent.node.protocol import MAX_TASKS_LIMIT, Reply, TaskId, new_task_id
 from dedgeai.agent.security.curve import CLIENT_KEYS_ENV, SERVER_KEY_ENV, ClientSecurity
 from dedgeai.models.backend import MAX_SEED, GenerationRequest
 from dedgeai.models.errors import InvalidRequest
@@ -100,12 +104,15 @@ _BAD_INPUT_CODES = {
 }
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _NOT_ID_CHARS = re.compile("[^0-9a-f-]")
+_ID_PREFIX = re.compile("^[0-9a-f-]{1,36}$")
+INTERRUPTED = ExitCode.INTERRUPTED
 
 
 def _fail(label: str, style: str, message: object, code: ExitCode) -> typer.Exit:
     # Messages carry remote text (an agent's error message, a peer's name): never markup.
     err.print(
-        Text.assemble((f"{render.clean(label, 64)}:", style), " ", render.clean(str(message)))
+        Text.assemble((f"{render.clean(label, 64)}:", style), " ", render.clean(str(message))),
+        soft_wrap=True,  # one line, whatever the terminal's width
     )
     return typer.Exit(code)
 
@@ -186,6 +193,54 @@ def _task_id(task: str) -> TaskId:
         ) from exc
 
 
+def _resolve_task(client: AgentClient, task: str) -> TaskId:
+    """A full task id, or the one task whose id starts with ``task`` (as git resolves hashes).
+
+    The prefix is matched against the newest ``MAX_TASKS_LIMIT`` tasks the agent lists; no match
+    is TaskNotFound, several are InvalidRequest naming them (both exit 2).
+    """
+    with contextlib.suppress(ValueError):
+        return TaskId(str(uuid.UUID(task)))
+    prefix = task.strip().lower()
+    if not _ID_PREFIX.match(prefix):
+        raise InvalidRequest(f"task id {task!r} is not a UUID or a prefix of one")
+    rows = client.tasks(MAX_TASKS_LIMIT)
+    ids = sorted({row["task"] for row in rows if isinstance(row.get("task"), str)})
+    matches = [i for i in ids if i.lower().startswith(prefix)]
+    if not matches:
+        raise remote_error(ErrorCode.NOT_FOUND.value, f"no task id starts with {prefix!r}")
+    if len(matches) > 1:
+        shown = ", ".join(render.clean(m, 36) for m in matches[:10])
+        more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+        raise InvalidRequest(f"task id prefix {prefix!r} is ambiguous: {shown}{more}")
+    return _task_id(matches[0])
+
+
+def _check_out(path: Path | None) -> None:
+    """Refuse an ``--out`` the PNG could not be written to, before anything is asked of an agent.
+
+    A missing parent folder is created (as ``_save`` would); an absent file is probed by
+    creating it and removing it again, so a read-only or virtual file system (``/proc``) fails
+    here and not after the task has run.
+    """
+    if path is None:
+        return
+    if path.is_dir():
+        raise InvalidRequest(f"--out {path} is a directory; give a file name, e.g. {path}/cat.png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            if not os.access(path, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+        else:
+            with path.open("xb"):
+                pass
+            path.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise InvalidRequest(f"cannot write the image to {path}: {reason}") from exc
+
+
 def _default_png_path(task: TaskId) -> Path:
     # Built from an id this CLI chose or validated; sanitised again all the same, because a
     # file name must never come from what an agent sent.
@@ -259,6 +314,20 @@ def _save(done: Reply, out_path: Path | None, task: TaskId) -> Path | None:
     return path
 
 
+def _interrupted(client: AgentClient, task: TaskId) -> typer.Exit:
+    """Ctrl-C while waiting: the task still runs on the agent. Say so, and offer to cancel it."""
+    err.print(Text(f"interrupted: task {task} is still on the agent"))
+    if sys.stdin.isatty():
+        with contextlib.suppress(KeyboardInterrupt, EOFError, typer.Abort):
+            if typer.confirm("cancel it?", default=False, err=True):
+                with exit_on_errors():
+                    reply = client.cancel(task)
+                err.print(Text(f"{task}: {render.text(reply.get('state'))}"))
+                return typer.Exit(INTERRUPTED)
+    err.print(Text(f"cancel it with: dedgeai cancel {task} (or fetch it: dedgeai result {task})"))
+    return typer.Exit(INTERRUPTED)
+
+
 def _report(done: Reply, path: Path | None, client_total_s: float | None, as_json: bool) -> None:
     if as_json:
         body = {**done.fields, "path": str(path) if path else None}
@@ -300,6 +369,7 @@ def submit(
             guidance=guidance,
             seed=random.randint(0, MAX_SEED) if seed is None else seed,
         ).validate()
+        _check_out(out_path)  # before the task exists: a bad path must not cost a run
         task = new_task_id()  # chosen here: the reply must name it (AgentClient.submit)
         with _client(agent, timeout, server_key, client_keys) as client:
             started = time.perf_counter()
@@ -311,9 +381,12 @@ def submit(
                     print(task)
                 return
             show = not as_json and err.is_terminal
-            with _progress() if show else contextlib.nullcontext() as progress:
-                view = _ProgressView(progress, request.steps)
-                _accepted, done = client.generate(request, view, task=task)
+            try:
+                with _progress() if show else contextlib.nullcontext() as progress:
+                    view = _ProgressView(progress, request.steps)
+                    _accepted, done = client.generate(request, view, task=task)
+            except KeyboardInterrupt:
+                raise _interrupted(client, task) from None
             total_s = time.perf_counter() - started
         _report(done, _save(done, out_path, task), total_s, as_json)
 
@@ -333,7 +406,7 @@ def status(
     else:
         out.print(render.status_table(body))
         if render.mapping(body.get("cluster")):
-            out.print(render.cluster_table(body["cluster"]))
+            out.print(render.cluster_table(body["cluster"], out.width))
 
 
 def tasks(
@@ -353,11 +426,11 @@ def tasks(
     if as_json:
         _print_json(rows)
     else:
-        out.print(render.tasks_table(rows, time.time()))
+        out.print(render.tasks_table(rows, time.time(), out.width))
 
 
 def result(
-    task: Annotated[str, typer.Argument(help="Task id (from submit or tasks).")],
+    task: Annotated[str, typer.Argument(help="Task id, or a unique prefix of one (see `tasks`).")],
     agent: AgentOpt = None,
     out_path: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path.")] = None,
     wait: Annotated[
@@ -370,8 +443,9 @@ def result(
 ) -> None:
     """Fetch a task's PNG and timings (waits for it unless --no-wait)."""
     with exit_on_errors():
-        task_id = _task_id(task)
+        _check_out(out_path)
         with _client(agent, timeout, server_key, client_keys) as client:
+            task_id = _resolve_task(client, task)
             reply = client.result(task_id, wait=wait)
             if reply.type not in ("done", "progress"):
                 raise client.malformed(f"`{reply.type}` in answer to `result`")
@@ -391,21 +465,22 @@ def result(
                 where = f"position {position}" if stage == "queued" else f"step {step}/{steps}"
                 out.print(Text(f"{task_id}: {stage} ({where})"))
             return
-        _report(reply, _save(reply, out_path, task_id), None, as_json)
+        with exit_on_errors():
+            path = _save(reply, out_path, task_id)
+        _report(reply, path, None, as_json)
 
 
 def cancel(
-    task: Annotated[str, typer.Argument(help="Task id.")],
+    task: Annotated[str, typer.Argument(help="Task id, or a unique prefix of one.")],
     agent: AgentOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     server_key: ServerKeyOpt = None,
     client_keys: ClientKeysOpt = None,
 ) -> None:
     """Cancel a queued task, or a running one at its next step."""
-    with exit_on_errors():
-        task_id = _task_id(task)
-        with _client(agent, timeout, server_key, client_keys) as client:
-            reply = client.cancel(task_id)
+    with exit_on_errors(), _client(agent, timeout, server_key, client_keys) as client:
+        task_id = _resolve_task(client, task)
+        reply = client.cancel(task_id)
     out.print(Text(f"{task_id}: {render.text(reply.get('state'))}"))
 
 

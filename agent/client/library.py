@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import Any
 import zmq
 
 from dedgeai.agent.errors import (
+    ConfigError,
     ErrorCode,
     PeerUnavailable,
     ProtocolError,
@@ -46,8 +48,38 @@ MAX_REPLY_BYTES = 64 * p.MAX_FRAME_BYTES
 ProgressCallback = Callable[[Reply], None]
 
 
+_SCHEMES = ("tcp", "ipc")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.*-]+):([0-9]{1,6})$")
+
+
 def default_endpoint() -> str:
     return os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+
+
+def client_endpoint(text: str) -> str:
+    """An agent endpoint as typed (``tcp://host:port``, ``host:port``, ``ipc://path``), checked.
+
+    A bare ``host:port`` means TCP. Raises ConfigError (one line: what is wrong and an example)
+    for another scheme, a missing or out-of-range port, or text that is no endpoint at all.
+    """
+    raw = text.strip()
+    example = "e.g. tcp://127.0.0.1:7700"
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        scheme, rest = "tcp", raw
+    if scheme not in _SCHEMES:
+        raise ConfigError(f"agent endpoint {raw!r}: use tcp:// or ipc:// ({example})")
+    if scheme == "ipc":
+        if not rest:
+            raise ConfigError(f"agent endpoint {raw!r}: ipc:// needs a path")
+        return f"ipc://{rest}"
+    match = _HOST_PORT.match(rest)
+    if match is None:
+        raise ConfigError(f"agent endpoint {raw!r} is not tcp://HOST:PORT ({example})")
+    port = int(match.group(2))
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"agent endpoint {raw!r}: port {port} is not in 1-65535")
+    return f"tcp://{match.group(1)}:{port}"
 
 
 class AgentClient:
@@ -61,7 +93,9 @@ class AgentClient:
         context: zmq.Context | None = None,
         security: ClientSecurity | None = None,
     ) -> None:
-        self.endpoint = endpoint or default_endpoint()
+        self.endpoint = client_endpoint(endpoint or default_endpoint())
+        if not timeout_s > 0 or timeout_s == float("inf"):
+            raise ConfigError(f"the timeout must be a positive number of seconds, got {timeout_s}")
         self.security = security
         self.timeout_s = timeout_s
         self.retries = max(1, retries)
@@ -81,7 +115,12 @@ class AgentClient:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor.socket, zmq.POLLIN)
-        sock.connect(self.endpoint)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:  # e.g. a host name that does not resolve
+            self._monitor.close()
+            sock.close(0)
+            raise ConfigError(f"cannot connect to agent endpoint {self.endpoint}: {exc}") from exc
         return sock
 
     def _reconnect(self) -> None:

@@ -205,8 +205,12 @@ def _gpu(row: dict[Any, Any]) -> str:
     return f"{text(device.get('kind'))} {util}, {_bytes(device.get('memory_used_bytes'))}"
 
 
-def cluster_table(cluster: dict[str, Any]) -> Table:
-    """Every server as this agent sees it: state, backlog, load, capacity, model."""
+def cluster_table(cluster: dict[str, Any], width: int | None = None) -> Table:
+    """Every server as this agent sees it: state, backlog, load, capacity, model.
+
+    Within ``width`` columns no header or cell is cut: the least useful columns (device, rtt,
+    load) are dropped instead.
+    """
     scheduler, decisions = mapping(cluster.get("scheduler")), mapping(cluster.get("decisions"))
     learning = latency = ""
     if scheduler.get("learn"):
@@ -219,8 +223,6 @@ def cluster_table(cluster: dict[str, Any]) -> Table:
         f"policy {text(scheduler.get('policy'))}{learning}{latency}"
     )
     table = Table(title=Text(title), title_justify="left")
-    for name in ("#", "name", "state", "backlog", "load", "capacity", "rtt", "model", "device"):
-        table.add_column(name, no_wrap=True)
     notes = [
         f"slot {text(r.get('slot'))}: {text(r.get('error'))}" for r in servers if r.get("error")
     ]
@@ -230,6 +232,7 @@ def cluster_table(cluster: dict[str, Any]) -> Table:
     ]
     # Remote text has no newline left (``clean``): one note per line.
     table.caption, table.caption_justify = (Text("\n".join(notes)) if notes else None), "left"
+    cells: dict[str, list[Text]] = {name: [] for name in _CLUSTER_COLUMNS}
     for row in servers:
         label = _state(row.get("state"))
         if row.get("error"):
@@ -237,41 +240,106 @@ def cluster_table(cluster: dict[str, Any]) -> Table:
         model = text(row.get("model") or None, NONE)
         model += " (EMULATED)" if row.get("emulated") is True else ""
         backlog = f"{_num(row.get('backlog_steps'), ' st', 0)} / {_seconds(row.get('backlog_s'))}"
-        table.add_row(
+        values = (
             Text(f"{text(row.get('slot'))}{'*' if row.get('self') is True else ''}"),
             Text(text(row.get("name") or row.get("endpoint"))),
             label,
-            backlog,
-            _num(row.get("interval_load_steps"), " st", 0),
-            _num(row.get("capacity_steps_per_s"), " st/s"),
-            _seconds(row.get("rtt_s")),
+            Text(backlog),
+            Text(_num(row.get("interval_load_steps"), " st", 0)),
+            Text(_num(row.get("capacity_steps_per_s"), " st/s")),
+            Text(_seconds(row.get("rtt_s"))),
             Text(model),
             Text(_gpu(row)),
         )
+        for name, value in zip(_CLUSTER_COLUMNS, values, strict=True):
+            cells[name].append(value)
+    flexible = {"name": 12, "model": 12}
+    kept = fit_columns(cells, _CLUSTER_KEEP_ORDER, width, flexible=flexible)
+    for name in kept:
+        if name in flexible:
+            table.add_column(name, min_width=len(name), overflow="fold")
+        else:
+            table.add_column(name, no_wrap=True, min_width=_natural(name, cells[name]))
+    for i in range(len(servers)):
+        table.add_row(*(cells[name][i] for name in kept))
     return table
 
 
-def tasks_table(rows: list[dict[str, Any]], now: float) -> Table:
+_CLUSTER_COLUMNS = ("#", "name", "state", "backlog", "load", "capacity", "rtt", "model", "device")
+_CLUSTER_KEEP_ORDER = (
+    "#",
+    "name",
+    "state",
+    "backlog",
+    "capacity",
+    "model",
+    "load",
+    "rtt",
+    "device",
+)
+
+
+def tasks_table(rows: list[dict[str, Any]], now: float, width: int | None = None) -> Table:
+    """Tasks, newest first. Within ``width`` columns the id is never cut: the least useful
+    columns (ran on, size, steps, age) are dropped instead, and the prompt wraps."""
     shown = rows_of(rows)
-    table = Table(title=Text(f"{len(shown)} task(s), newest first"), title_justify="left")
-    for name in ("task", "state", "steps", "size", "age", "ran on", "prompt"):
-        table.add_column(name, no_wrap=name != "prompt", min_width=12 if name == "prompt" else None)
+    cells: dict[str, list[Text]] = {name: [] for name in _TASK_COLUMNS}
     for row in shown:
         state = text(row.get("state"))
         progress = text(row.get("steps"))
         if state == "running":
             progress = f"{text(row.get('step'))}/{progress}"
         submitted = number(row.get("submitted_at"))
-        table.add_row(
-            Text(text(row.get("task"))),
-            _state(row.get("state")),
-            Text(progress),
-            Text(text(row.get("size"))),
-            WRONG if submitted is None else _seconds(now - submitted),
-            Text(_where(row)),
-            Text(text(row.get("prompt"))),
-        )
+        cells["task"].append(Text(text(row.get("task"))))
+        cells["state"].append(_state(row.get("state")))
+        cells["steps"].append(Text(progress))
+        cells["size"].append(Text(text(row.get("size"))))
+        cells["age"].append(Text(WRONG if submitted is None else _seconds(now - submitted)))
+        cells["ran on"].append(Text(_where(row)))
+        cells["prompt"].append(Text(text(row.get("prompt"))))
+    kept = fit_columns(cells, _TASK_KEEP_ORDER, width, flexible={"prompt": 12})
+    table = Table(title=Text(f"{len(shown)} task(s), newest first"), title_justify="left")
+    for name in kept:
+        if name == "prompt":
+            table.add_column(name, min_width=12, overflow="fold")
+        else:
+            table.add_column(name, no_wrap=True, min_width=_natural(name, cells[name]))
+    for i in range(len(shown)):
+        table.add_row(*(cells[name][i] for name in kept))
     return table
+
+
+_TASK_COLUMNS = ("task", "state", "steps", "size", "age", "ran on", "prompt")
+_TASK_KEEP_ORDER = ("task", "state", "prompt", "age", "steps", "size", "ran on")
+_CELL_OVERHEAD = 3  # one padding space each side and one border per column (box style)
+
+
+def _natural(header: str, cells: list[Text]) -> int:
+    return max([len(header), *(c.cell_len for c in cells)])
+
+
+def fit_columns(
+    cells: dict[str, list[Text]],
+    keep_order: tuple[str, ...],
+    width: int | None,
+    flexible: dict[str, int] | None = None,
+) -> list[str]:
+    """The columns (in table order) that fit ``width`` terminal cells, whole.
+
+    Columns are kept in ``keep_order`` while their natural width (header or widest cell) fits;
+    a ``flexible`` column (one that may wrap) counts only its minimum. ``None``: keep all.
+    """
+    if width is None:
+        return list(cells)
+    flexible = flexible or {}
+    used, kept = 1, set()  # the table's closing border
+    for name in keep_order:
+        natural = _natural(name, cells[name])
+        need = min(natural, max(flexible[name], len(name))) if name in flexible else natural
+        if used + need + _CELL_OVERHEAD <= width or not kept:
+            used += need + _CELL_OVERHEAD
+            kept.add(name)
+    return [name for name in cells if name in kept]
 
 
 def _where(row: dict[Any, Any]) -> str:

@@ -43,6 +43,7 @@ from dedgeai.agent.node.tasks import TaskRecord, TaskState
 from dedgeai.agent.security.authority import Authority
 from dedgeai.agent.security.keys import fingerprint
 from dedgeai.agent.security.peer_keys import NEXT, OK, REFUSED, PeerSecurity, split_peer
+from dedgeai.scheduler.cluster_state import ClusterState, TaskSpec
 
 log = logging.getLogger("dedgeai.agent.cluster.coordinator")
 
@@ -138,6 +139,8 @@ class Cluster:
         self.interval_started = now
         self.last_gossip = 0.0
         self.decision_s: deque[float] = deque(maxlen=DECISION_SAMPLES)
+        self.decisions_made = 0  # every placement since start (the deque keeps the last ones)
+        self.decision_summary: tuple[int, dict[str, Any]] = (0, {"count": 0})
         self.up_at: dict[int, float] = {}  # when each peer last came up
         self.hinted_at: dict[int, float] = {}  # last gossip sent early on a peer's hint
         self.authority: Authority | None = None  # set by the daemon: mDNS peers join it
@@ -445,8 +448,6 @@ class Cluster:
     # --- scheduling ------------------------------------------------------------------
 
     def state(self, avoid: set[int], size_mbit: float) -> Any:
-        from dedgeai.scheduler.online import ClusterState
-
         n = self.n_slots
         backlog, load, capacity = np.zeros(n), np.zeros(n), np.ones(n)
         available, transfer = np.zeros(n, dtype=bool), np.zeros(n)
@@ -475,8 +476,6 @@ class Cluster:
 
     def place(self, task: TaskRecord) -> dict[str, Any]:
         """The core's placer: where a first-hop task runs, and why."""
-        from dedgeai.scheduler.online import TaskSpec
-
         started = time.perf_counter()
         req = task.request
         demand = equivalent_steps(req.steps, req.width, req.height)
@@ -492,6 +491,7 @@ class Cluster:
             self.pending[target] += demand
         elapsed = time.perf_counter() - started
         self.decision_s.append(elapsed)
+        self.decisions_made += 1
         peer = self.table.get(target)
         where = (
             self.core.identity

@@ -28,6 +28,7 @@ CAPACITY_STEP = 10.0  # at most this factor between two reports of one peer
 OWN_CAPACITY_SPREAD = 1000.0  # a first report within this factor of our own speed
 MAX_WORK = 1e9  # steps, seconds or tasks
 WORK_FIELDS = ("backlog_steps", "interval_load_steps", "backlog_s")
+NULLABLE_FIELDS = ("backlog_s",)  # None on the wire: not known yet
 
 
 def _number(value: Any) -> float | None:
@@ -91,6 +92,8 @@ def sanitize_report(
         if name not in report:
             continue
         raw = report[name]
+        if raw is None and name in NULLABLE_FIELDS:
+            continue  # unknown (a peer that has not measured its speed yet), not insane
         value = _number(raw)
         sane = _in(value, 0.0, MAX_WORK) and (name != "queued" or isinstance(raw, int))
         if sane:

@@ -1,6 +1,7 @@
 """The agent's scheduling policy: decisions on the loop thread, training on its own thread.
 
-``SchedulerHost`` wraps the scheduler library's ``ClusterScheduler``. The scheduler is not
+``SchedulerHost`` wraps the scheduler library's ``HeuristicScheduler`` or, for a learned
+policy, its ``ClusterScheduler`` (the only one that imports torch). The scheduler is not
 thread-safe, so one lock guards it, and decisions never wait for it: the loop thread only
 *tries* the lock, and while a training step holds it (a few milliseconds, at a bounded
 rate) the decision is taken by a greedy fallback and says so in its reason. Rewards (the
@@ -31,7 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dedgeai.agent.errors import ConfigError
-from dedgeai.scheduler.errors import CheckpointError, CorruptCheckpointError
+from dedgeai.scheduler.cluster_state import LEARNED, HeuristicScheduler
+from dedgeai.scheduler.errors import CheckpointError, CorruptCheckpointError, SchedulerError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,7 +53,8 @@ CapacityProbe = Callable[[], "np.ndarray | None"]
 
 
 class SchedulerHost:
-    """One ClusterScheduler behind a try-lock, plus its training thread."""
+    """One scheduler (a heuristic, or a learned ClusterScheduler) behind a try-lock, plus its
+    training thread."""
 
     def __init__(
         self,
@@ -70,8 +73,6 @@ class SchedulerHost:
     ) -> None:
         """``capacities``: every server's measured speed once known (None until then); a
         fresh learned actor waits up to ``CAPACITY_WAIT_S`` for it before its warm start."""
-        from dedgeai.scheduler.online import LEARNED, ClusterScheduler
-
         self.policy, self.n_servers, self.self_index = policy, n_servers, self_index
         self.save_path = state_dir / "policy.pt"
         self.learn = learn and policy in LEARNED and n_servers >= 2
@@ -81,7 +82,7 @@ class SchedulerHost:
         self.rewards: collections.deque[tuple[str, float | None]] = collections.deque(
             maxlen=MAX_QUEUED_REWARDS
         )
-        self.fallback = ClusterScheduler("greedy", n_servers, self_index, seed=seed)
+        self.fallback = HeuristicScheduler("greedy", n_servers, self_index, seed=seed)
         self.capacities = capacities
         self.stats: dict[str, Any] = {
             "trained_steps": 0,
@@ -141,11 +142,8 @@ class SchedulerHost:
         return LearnConfig(warmup=warmup, batch_size=min(defaults.batch_size, max(1, warmup)))
 
     def _build(self, checkpoint: Path | None, capacities: Any = None) -> Any:
-        from dedgeai.scheduler.errors import SchedulerError
-        from dedgeai.scheduler.online import ClusterScheduler
-
         try:
-            built = ClusterScheduler(**self._kwargs, checkpoint=checkpoint, capacities=capacities)
+            built = self._construct(checkpoint, capacities)
         except CorruptCheckpointError:
             raise
         except SchedulerError as exc:
@@ -163,6 +161,19 @@ class SchedulerHost:
                 self.save_path,
             )
         return built
+
+    def _construct(self, checkpoint: Path | None, capacities: Any) -> Any:
+        """A heuristic needs no torch: only a learned policy with peers to choose from builds
+        the torch-backed ``ClusterScheduler`` (imported here, so that a heuristic agent, or a
+        learned one alone, never loads torch; alone, a learned policy decides ``local``)."""
+        kwargs = self._kwargs
+        if kwargs["policy"] not in LEARNED or self.n_servers < 2:
+            return HeuristicScheduler(
+                kwargs["policy"], kwargs["n_servers"], kwargs["self_index"], seed=kwargs["seed"]
+            )
+        from dedgeai.scheduler.online import ClusterScheduler
+
+        return ClusterScheduler(**kwargs, checkpoint=checkpoint, capacities=capacities)
 
     def _refuse(self, source: Path, exc: CorruptCheckpointError) -> None:
         """A corrupt checkpoint: say why, keep our own aside (not overwritten by the next

@@ -32,14 +32,17 @@ def cluster_status(self: Cluster, now: float) -> dict[str, Any]:
                 "key": self.security.key_name(peer.endpoint) if self.security else None,
             }
         )
-    times = np.asarray(self.decision_s) * 1e6
-    decisions: dict[str, Any] = {"count": int(times.size)}
-    if times.size:
-        decisions.update(
-            p50_us=float(np.percentile(times, 50)),
-            p99_us=float(np.percentile(times, 99)),
-            max_us=float(times.max()),
-        )
+    made, decisions = self.decision_summary
+    if made != self.decisions_made:  # percentiles only when a decision was added: `status`
+        times = np.asarray(self.decision_s) * 1e6  # is asked far more often than that
+        decisions = {"count": int(times.size)}
+        if times.size:
+            decisions.update(
+                p50_us=float(np.percentile(times, 50)),
+                p99_us=float(np.percentile(times, 99)),
+                max_us=float(times.max()),
+            )
+        self.decision_summary = (self.decisions_made, decisions)
     return {
         "self_index": self.self_index,
         "n_servers": self.n_slots,

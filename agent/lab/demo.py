@@ -207,10 +207,8 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     prompts = [a.prompt for a in trace]
     cluster = LocalCluster(per_agent, common, keep=options.keep)
     try:
-        with console.status(f"starting {options.agents} agents ({options.label})…"):
-            cluster.start()
-            if cluster.peers_supported:
-                cluster.wait_peers_up()
+        with console.status(f"starting {options.agents} agents ({options.label})…") as spinner:
+            _start(cluster, spinner.update)
         for agent in cluster.agents:
             speed = agent.settings.get("emulated_steps_per_second")
             extra = f", EMULATED {speed:g} steps/s" if speed else ""
@@ -243,6 +241,64 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         err.print(f"[red]error:[/] agents did not stop cleanly: {unclean}", soft_wrap=True)
         return ExitCode.INTERNAL
     return ExitCode.OK
+
+
+def _start(cluster: LocalCluster, say: Any, timeout_s: float = 120.0) -> None:
+    """Start the agents and wait until they see each other and their policy is ready,
+    saying on the spinner what is awaited (each agent's last log line, then gossip and the
+    policy's warm-up)."""
+    failure: list[BaseException] = []
+
+    def launch() -> None:
+        try:
+            cluster.start()
+        except BaseException as exc:  # re-raised below, in the demo's thread
+            failure.append(exc)
+
+    starter = threading.Thread(target=launch, name="demo-start", daemon=True)
+    starter.start()
+    while starter.is_alive():  # each agent's last log line: importing, loading the model...
+        lines = [f"{a.name}: {_last_words(a.log_tail(1))}" for a in cluster.agents]
+        say("starting agents; " + "; ".join(lines))
+        starter.join(0.2)
+    if failure:
+        raise failure[0]
+    if not cluster.peers_supported:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        waiting = _peers_missing(cluster)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"not ready within {timeout_s:.0f} s: {'; '.join(waiting)}")
+        say("waiting: " + "; ".join(waiting))
+        time.sleep(0.1)
+
+
+def _last_words(line: str) -> str:
+    """The message of a log line, without its timestamp and logger (or "starting python")."""
+    text = line.rsplit(": ", 1)[-1].strip() if ": " in line else line.strip()
+    return (text[:47] + "…" if len(text) > 48 else text) or "starting python"
+
+
+def _peers_missing(cluster: LocalCluster) -> list[str]:
+    """What each agent still waits for: its peers seen ``up``, then its policy's warm-up."""
+    missing = []
+    others = len(cluster.agents) - 1
+    for agent in cluster.agents:
+        view = cluster.cluster_view(agent.index)
+        if view is None:
+            continue
+        peers = [s for s in view.get("servers", []) if not s.get("self")]
+        up = sum(1 for s in peers if s.get("state") == "up")
+        scheduler = view.get("scheduler") or {}
+        warming = not scheduler.get("ready", True) and scheduler.get("state") != "failed"
+        if up < others:
+            missing.append(f"{agent.name} sees {up}/{others} peers up")
+        elif warming:  # an agent stopped mid warm-up aborts (SIGABRT): wait for it
+            missing.append(f"{agent.name}: policy {scheduler.get('policy', '?')} warming up")
+    return missing
 
 
 def _replay(

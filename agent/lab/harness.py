@@ -1,4 +1,9 @@
-"""N local agents as subprocesses on loopback, for `dedgeai demo` and tools/bench_cluster.py.
+"""Real agents as subprocesses on loopback: the one harness of the demo, the benchmarks and the tests.
+
+``AgentProcess`` is one agent with its own state directory (the tests' launcher);
+``LocalCluster`` is N agents that list each other as peers (`dedgeai demo`,
+tools/bench_cluster.py). ``free_ports``, ``write_toml``, ``wait_for``, ``cluster_view`` and
+``peer_states`` are the small helpers all of them share.
 
 Each agent gets a free loopback port (chosen up front, so every agent can list the others
 as peers), a state directory, a config file and, when CURVE is on, a key pair in a
@@ -21,17 +26,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dedgeai.agent.client.library import AgentClient
 from dedgeai.agent.errors import DedgeaiError, PeerUnavailable
-from dedgeai.agent.node.config import KEYS
+from dedgeai.agent.node import protocol as p
+from dedgeai.agent.node.config import KEYS, toml_value
 
 START_TIMEOUT_S = 120.0  # the tiny model imports torch; this box has 2 shared cores
-STOP_GRACE_S = 15.0
+STOP_GRACE_S = 60.0  # a clean stop takes < 1 s; on 2 loaded cores, torch teardown can take 15+
 START_ATTEMPTS = 3  # a port taken between choosing and binding: choose again
 HOST = "127.0.0.1"
 CLIENT_KEY_NAME = "harness-client"
@@ -70,14 +77,189 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return repr(value)
+def write_toml(path: Path, values: Mapping[str, Any]) -> None:
+    """Write ``values`` as a flat TOML file (one ``key = value`` line each)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()), "utf-8")
+
+
+def spawn_agent(
+    config_path: Path,
+    log_path: Path,
+    extra_env: Mapping[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``python -m dedgeai.agent --config config_path``, output appended to ``log_path``.
+
+    The child does not inherit systemd's ``NOTIFY_SOCKET``/``INVOCATION_ID`` (a test sets
+    them through ``extra_env`` when it means to); ``preexec`` runs in the child before exec
+    (``setrlimit`` for a benchmark, nothing that takes locks).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "INVOCATION_ID")}
+    env.update(extra_env or {})
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dedgeai.agent", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=preexec,
+        )
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(every_s)
+
+
+class AgentProcess:
+    """One ``python -m dedgeai.agent`` subprocess with its own state directory.
+
+    It binds ``tcp://127.0.0.1:*`` unless told otherwise (a free port chosen by the kernel,
+    no race) and ``start`` waits for ``<state>/agent.endpoint`` and a ``status`` answer.
+    Defaults suit tests: the emulated backend, CURVE off (an empty ``keys_dir`` of its own,
+    never the developer's keys), debug logs.
+    """
+
+    def __init__(self, directory: Path, **settings: Any) -> None:
+        self.directory = directory
+        self.state_dir = directory / "state"
+        self.settings: dict[str, Any] = {
+            "endpoint": f"tcp://{HOST}:*",
+            "state_dir": str(self.state_dir),
+            "model": "emulated",
+            "emulated_steps_per_second": 200.0,
+            "telemetry_interval_s": 0.5,
+            "log_level": "debug",
+            "keys_dir": str(directory / "keys"),
+            **settings,
+        }
+        self.config_path = directory / "agent.toml"
+        self.log_path = directory / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+        self.env: dict[str, str] = {}  # extra environment (NOTIFY_SOCKET, JOURNAL_STREAM...)
+        self.preexec: Callable[[], None] | None = None  # run in the child before exec
+
+    def start(self, timeout_s: float = START_TIMEOUT_S, **changes: Any) -> AgentProcess:
+        """Write the config, launch, wait until it answers ``status``; RuntimeError if not."""
+        self.settings.update(changes)
+        write_toml(self.config_path, self.settings)
+        marker = self.state_dir / "agent.endpoint"
+        marker.unlink(missing_ok=True)
+        self.proc = spawn_agent(self.config_path, self.log_path, self.env, self.preexec)
+        deadline = time.monotonic() + timeout_s
+        while not marker.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agent did not start in {timeout_s} s:\n{self.log()}")
+            time.sleep(0.02)
+        self.endpoint = marker.read_text().strip()
+        with self.client(timeout_s=5.0) as client:
+            client.status()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self, timeout_s: float = 5.0, retries: int = 3) -> AgentClient:
+        return AgentClient(self.endpoint, timeout_s=timeout_s, retries=retries)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> tuple[int, float]:
+        """Signal the agent and wait; returns (exit code, seconds it took)."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout_s)
+        return code, time.monotonic() - started
+
+    def close(self) -> None:
+        """SIGKILL whatever still runs (a test's clean-up)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class RawPeer:
+    """A bare DEALER for sending hand-made frames to an agent."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.socket = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def send(self, *frames: bytes) -> None:
+        self.socket.send_multipart(list(frames))
+
+    def recv(self, timeout_s: float = 10.0) -> p.Reply:
+        if not self.socket.poll(int(timeout_s * 1000)):
+            raise TimeoutError("no reply from the agent")
+        frames = self.socket.recv_multipart()
+        if len(frames) > 1 and frames[0] == b"":  # we sent an empty first frame (REQ-style)
+            frames = frames[1:]
+        return p.parse_reply(frames)
+
+    def close(self) -> None:
+        self.socket.close(0)
+
+
+def start_peered(agents: Sequence[AgentProcess], timeout_s: float = 90.0) -> None:
+    """Start ``agents`` (configured with each other as ``peers``) in parallel, then wait
+    until each sees every peer ``up``."""
+    with ThreadPoolExecutor(len(agents)) as pool:
+        list(pool.map(lambda agent: agent.start(), agents))
+    for agent in agents:
+        wait_for(
+            lambda agent=agent: set(peer_states(agent).values()) == {"up"},
+            timeout_s,
+            f"every peer up as seen by {agent.endpoint}",
+        )
+
+
+def wait_capacity_known(agent: AgentProcess, timeout_s: float = 90.0) -> None:
+    """Until ``agent`` knows every server's measured speed (the peers' gossip arrived)."""
+    wait_for(
+        lambda: all(s.get("capacity_steps_per_s") for s in cluster_view(agent)["servers"]),
+        timeout_s,
+        f"{agent.endpoint} to know every peer's capacity",
+    )
+
+
+def collect_dones(sock: Any, task: str, timeout_s: float, linger_s: float) -> list[p.Reply]:
+    """Every ``done`` for ``task`` on a client socket, until ``linger_s`` after the first
+    (so that a duplicate would be seen) or ``timeout_s`` in all."""
+    dones: list[p.Reply] = []
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        if sock.poll(int(left * 1000)):
+            reply = p.parse_reply(sock.recv_multipart())
+            if reply.type == "done" and reply.get("task") == task:
+                dones.append(reply)
+                deadline = min(deadline, time.monotonic() + linger_s)
+    return dones
+
+
+def cluster_view(agent: AgentProcess) -> dict[str, Any]:
+    """The ``cluster`` section of an agent's status."""
+    with agent.client(timeout_s=5.0) as client:
+        return client.status()["cluster"]
+
+
+def peer_states(agent: AgentProcess) -> dict[str, str]:
+    """endpoint -> state of every peer, as ``agent`` sees them."""
+    servers = cluster_view(agent)["servers"]
+    return {s["endpoint"]: s["state"] for s in servers if not s["self"]}
 
 
 @dataclass
@@ -107,23 +289,14 @@ class LocalAgent:
         return self.directory / "agent.toml"
 
     def write_config(self, values: Mapping[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         known = config_keys()
-        text = "".join(f"{k} = {_toml(v)}\n" for k, v in values.items() if k in known)
-        self.config_path.write_text(text, encoding="utf-8")
+        write_toml(self.config_path, {k: v for k, v in values.items() if k in known})
 
     def launch(self) -> None:
         self.terminated = False
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "INVOCATION_ID")}
-        env.update({k: env.get(k, v) for k, v in _THREAD_ENV.items()})
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dedgeai.agent", "--config", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        threads = {k: os.environ.get(k, v) for k, v in _THREAD_ENV.items()}
+        self.proc = spawn_agent(self.config_path, self.log_path, threads)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -483,17 +483,17 @@ def render_toml(config: AgentConfig) -> str:
     lines = [f"# dedgeai agent configuration (effective; source: {config.source})", ""]
     for key in KEYS:
         value = getattr(config, key.name)
-        lines.append(f"# {key.doc} (default: {_toml_value(key.default)})")
-        lines.append(f"{key.name} = {_toml_value(value)}")
+        lines.append(f"# {key.doc} (default: {toml_value(key.default)})")
+        lines.append(f"{key.name} = {toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return repr(value)

@@ -268,9 +268,7 @@ class AgentCore:
     def notify(self, task: TaskRecord, stage: str, position: int = 0) -> list[Effect]:
         return self._notify(task, stage, position)
 
-    def _resubmit(
-        self, route: Route, msg: p.Submit, known: TaskRecord, now: float
-    ) -> list[Effect]:
+    def _resubmit(self, route: Route, msg: p.Submit, known: TaskRecord, now: float) -> list[Effect]:
         # Its origin still wants it from us: run it now. Not while the socket may still hold
         # stale copies from before a freeze: a second copy of an old submit is no new ask.
         if known.id in self.held and now >= self.hold_forwards_until:

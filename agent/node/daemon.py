@@ -12,6 +12,8 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import zmq
 
 from dedgeai.agent.cluster.coordinator import Cluster
 from dedgeai.agent.errors import ConfigError, ErrorCode, JournalError, ProtocolError, SecurityError
+from dedgeai.agent.exit_codes import ExitCode
 from dedgeai.agent.node import protocol as p
 from dedgeai.agent.node.config import AgentConfig
 from dedgeai.agent.node.core import (
@@ -35,18 +38,20 @@ from dedgeai.agent.node.core import (
 from dedgeai.agent.node.disk_store import DiskStore, RetentionLimits
 from dedgeai.agent.node.failpoints import failpoint
 from dedgeai.agent.node.journal import open_journal
+from dedgeai.agent.node.lifecycle import Notifier, StopFlag
 from dedgeai.agent.node.metrics import AgentMetrics
 from dedgeai.agent.node.protocol import TaskId
 from dedgeai.agent.node.results import ResultStore
-from dedgeai.agent.node.service import Notifier, StopFlag
 from dedgeai.agent.node.status import package_version, status_body
 from dedgeai.agent.node.tasks import TaskRecord, TaskState
 from dedgeai.agent.node.telemetry import TelemetrySampler
-from dedgeai.agent.node.worker import ProfileReady, Worker
+from dedgeai.agent.node.worker import BackendFailed, BackendReady, ProfileReady, Worker
 from dedgeai.agent.security.authority import Authority, Principal
 from dedgeai.agent.security.curve import SecurityConfig, curve_required, server_security
 from dedgeai.agent.security.keys import load_keypair, roles_by_key
 from dedgeai.agent.security.peer_keys import PeerSecurity, split_peer
+from dedgeai.models.backend import Backend
+from dedgeai.models.errors import ModelError
 from dedgeai.models.factory import BackendSpec, create_backend
 
 log = logging.getLogger("dedgeai.agent")
@@ -64,8 +69,24 @@ CLOSE_LINGER_MS = 500  # let the last replies leave on shutdown
 PAUSE_INTERVALS = 2.0
 
 
+@dataclass(frozen=True)
+class Phase:
+    """What the agent is doing: ``loading`` (the model), ``ready`` or ``failed``, since when."""
+
+    name: str
+    doing: str
+    since: float = field(default_factory=time.time)
+
+
 class AgentDaemon:
-    def __init__(self, config: AgentConfig, stop: StopFlag, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        stop: StopFlag,
+        notifier: Notifier,
+        load: Callable[[], Backend] | None = None,
+    ) -> None:
+        """``load`` gives the worker its backend (default: built in the worker thread)."""
         self.config, self.stop, self.notifier = config, stop, notifier
         # Recovery below runs effects before the peers exist: they must see "no cluster yet".
         self.cluster: Cluster | None = None
@@ -100,16 +121,20 @@ class AgentDaemon:
                 len(self.core.held),
             )
 
-        spec = BackendSpec(
+        self._spec = BackendSpec(
             model=config.model,
             vram_budget_bytes=config.vram_budget_bytes or None,
             device=config.device or None,
             emulated_steps_per_second=config.emulated_steps_per_second,
             placement=config.placement or None,
         )
-        self.backend = create_backend(spec)
-        plan = self.backend.memory_plan()
-        self._plan = {"text": str(plan), **(plan.as_dict() if hasattr(plan, "as_dict") else {})}
+        # The model loads in the worker thread, after the bind: until it is ready the agent
+        # answers ``status`` (state "loading") and accepts and queues tasks.
+        self.backend: Backend | None = None
+        where = f" on {config.device}" if config.device else ""
+        self.phase = Phase("loading", f"loading model {config.model}{where}")
+        self.exit_code = 0  # set when the model cannot be loaded
+        self._plan: dict[str, Any] = {}
         self._profile_state: dict[str, Any] = {"measuring": True, "error": None, "cached": False}
 
         self.context = zmq.Context()
@@ -164,8 +189,9 @@ class AgentDaemon:
         wake_endpoint = f"inproc://worker-wake-{uuid.uuid4().hex}"
         self.wake.bind(wake_endpoint)
         sizes = [tuple(int(v) for v in s.split("x")) for s in config.profile_sizes]
+        log.info("%s…", self.phase.doing)
         self.worker = Worker(
-            self.backend,
+            load or self.build_backend,
             self.results,
             self.context,
             wake_endpoint,
@@ -177,13 +203,11 @@ class AgentDaemon:
         self._telemetry_cache: tuple[object, dict[str, Any]] = (None, {})
         if config.metrics_port:
             self.metrics.serve(config.metrics_port, config.metrics_address)
-        self._write_endpoint_files()
         log.info(
-            "agent %s (%s) listening on %s; backend %s; state in %s",
+            "agent %s (%s) listening on %s; state in %s",
             self.core.node,
             config.display_name,
             self.endpoint,
-            self.backend.name,
             self.state_dir,
         )
         if self.authenticator is not None:
@@ -204,7 +228,7 @@ class AgentDaemon:
         """What gossip says about this agent besides its queue (model, plan, GPU telemetry)."""
         return {
             "model": self.config.model,
-            "emulated": bool(self.backend.emulated),
+            "emulated": self.emulated,
             "plan": str(self._plan.get("text", ""))[: p.MAX_PLAN_CHARS],
             "telemetry": self.telemetry_dict() if hasattr(self, "telemetry") else {},
             "version": package_version(),
@@ -220,7 +244,23 @@ class AgentDaemon:
         for target in targets:
             tmp = target.with_suffix(".tmp")
             tmp.write_text(self.endpoint + "\n")
+            tmp.chmod(0o644)  # not a secret; readable by clients of any user despite UMask=0027
             tmp.replace(target)
+
+    def build_backend(self) -> Backend:
+        """The configured backend, loaded now (in the calling thread); ModelError if not."""
+        return create_backend(self._spec)
+
+    @property
+    def emulated(self) -> bool:
+        """Whether the backend is a timing stand-in (known from the config before the load)."""
+        if self.backend is not None:
+            return bool(self.backend.emulated)
+        return self.config.model == "emulated"
+
+    @property
+    def ready(self) -> bool:
+        return self.backend is not None
 
     # --- the loop ------------------------------------------------------------------
 
@@ -230,7 +270,6 @@ class AgentDaemon:
         poller.register(self.wake, zmq.POLLIN)
         assert self.cluster is not None
         self.cluster.start(poller)
-        self.notifier.ready(f"listening on {self.endpoint}")
         self._last_turn_at = time.time()  # the model load above is no frozen loop
         last_metrics = last_retention = last_probe = 0.0
         while not self.stop.is_set():
@@ -238,7 +277,8 @@ class AgentDaemon:
                 self._turn(poller, POLL_INTERVAL_MS)
                 now = time.time()
                 self.notifier.tick(time.monotonic())
-                if now - last_metrics >= METRICS_REFRESH_S:
+                # The gauges come from a whole status body (~1 ms): only when someone scrapes.
+                if self.config.metrics_port and now - last_metrics >= METRICS_REFRESH_S:
                     last_metrics = now
                     self.metrics.update(self.status_body(now))
                 if self.core.storage_error is not None and now - last_probe >= STORAGE_PROBE_S:
@@ -271,7 +311,8 @@ class AgentDaemon:
         if self.cluster is not None:
             effects += self.cluster.on_ready(ready, now)  # peers' replies: acks, progress, results
             effects += self.cluster.tick(now)  # gossip, liveness, forwarding deadlines
-        effects += self.core.plan(now)
+        if self.backend is not None:  # while the model loads, tasks wait in the queue
+            effects += self.core.plan(now)
         self._execute(effects)
         self._last_turn_at = time.time()
         self.worker.loop_alive_at = time.monotonic()
@@ -303,6 +344,9 @@ class AgentDaemon:
         effects: list[Effect] = []
         while not self.worker.events.empty():
             event = self.worker.events.get_nowait()
+            if isinstance(event, BackendReady | BackendFailed):
+                self._loaded(event)
+                continue
             if isinstance(event, ProfileReady):
                 self.core.profile = event.profile
                 self._profile_state = {
@@ -315,6 +359,28 @@ class AgentDaemon:
                 continue
             effects += self.core.on_worker(event, now)
         return effects
+
+    def _loaded(self, event: BackendReady | BackendFailed) -> None:
+        """The worker finished loading the model: serve tasks, or say why not and stop."""
+        if isinstance(event, BackendFailed):
+            self.phase = Phase("failed", f"cannot load model {self.config.model}: {event.error}")
+            log.error("cannot start: %s", self.phase.doing)
+            bad_input = isinstance(event.exception, ModelError | ConfigError | OSError)
+            self.exit_code = ExitCode.BAD_INPUT if bad_input else ExitCode.INTERNAL
+            self.stop.set()
+            return
+        self.backend, self._plan = event.backend, event.plan
+        self.phase = Phase("ready", f"serving on {self.endpoint}")
+        log.info(
+            "model %s ready in %.1f s: backend %s",
+            self.config.model,
+            event.load_s,
+            event.backend.name,
+        )
+        # Like READY=1, the endpoint file says "can run tasks" (launchers wait for it);
+        # ``status`` answers from the bind on, for clients that know the port.
+        self._write_endpoint_files()
+        self.notifier.ready(f"listening on {self.endpoint}; backend {event.backend.name}")
 
     def _sender(self, frame: zmq.Frame) -> Principal:
         """Who sent this frame: its CURVE key (ZAP's User-Id) or, keyless, its TCP address."""
@@ -507,6 +573,8 @@ class AgentDaemon:
             self._turn(poller, 20)
             if self.worker.join(0) and self.worker.events.empty():
                 break
+            if self.backend is None and self.core.running is None:
+                break  # still loading the model: nothing to checkpoint
         self._execute(self._worker_events(time.time()))
         if self.core.running is not None:
             log.warning(
@@ -525,7 +593,8 @@ class AgentDaemon:
         worker_done = self.worker.join(0.5)
         if worker_done:
             self.context.term()  # would block on the worker's socket otherwise
-            self.backend.close()
+            if self.backend is not None:
+                self.backend.close()
         self.journal.close()
         for target in (self.state_dir / "agent.endpoint",):
             target.unlink(missing_ok=True)

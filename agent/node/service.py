@@ -1,28 +1,31 @@
 """Running the agent as a service: logging, systemd notifications, signals, exit status.
 
-Under systemd (``Type=notify``) the agent reports READY=1 once it answers, pings the
-watchdog from its loop (so a stalled loop gets restarted), and reports STOPPING=1 on
-SIGTERM. Logs go to stderr; under journald each line carries a ``<N>`` syslog priority
-prefix instead of a timestamp, which journald adds itself.
+Under systemd (``Type=notify``) the agent binds and answers ``status`` at once (state
+``loading``) and reports READY=1 once the model is loaded and it can run tasks. It pings the
+watchdog from its loop (so a stalled loop gets restarted) and reports STOPPING=1 on SIGTERM.
+The model loads in the main thread while the loop runs in its own (see ``Handoff``). Logs go
+to stderr; under journald each line carries a ``<N>`` syslog priority prefix instead of a
+timestamp, which journald adds itself.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
-from types import FrameType
-
-import sdnotify
+from typing import Any
 
 from dedgeai.agent.errors import ConfigError, DedgeaiError, JournalError
 from dedgeai.agent.exit_codes import ExitCode
 from dedgeai.agent.node.config import AgentConfig
 from dedgeai.agent.node.journal import StorageError
+from dedgeai.agent.node.lifecycle import Handoff, Notifier, StopFlag
+from dedgeai.models.backend import Backend
 from dedgeai.models.errors import ModelError
+
+__all__ = ["Notifier", "StopFlag", "run_agent", "setup_logging"]  # the first two: lifecycle
 
 GIL_SWITCH_INTERVAL_S = 0.0005  # Python's default is 0.005
 
@@ -55,91 +58,64 @@ def setup_logging(level: str) -> None:
     root.propagate = False
 
 
-class Notifier:
-    """sd_notify when NOTIFY_SOCKET is set, nothing otherwise."""
-
-    def __init__(self) -> None:
-        self._sd = sdnotify.SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
-        usec = os.environ.get("WATCHDOG_USEC", "")
-        pid = os.environ.get("WATCHDOG_PID", str(os.getpid()))
-        enabled = self._sd is not None and usec.isdigit() and pid == str(os.getpid())
-        # Ping at half the timeout, as sd_watchdog_enabled(3) recommends.
-        self.watchdog_interval_s = int(usec) / 2e6 if enabled else None
-        self._last_ping = 0.0
-
-    def send(self, state: str) -> None:
-        if self._sd is not None:
-            self._sd.notify(state)
-
-    def ready(self, status: str) -> None:
-        self.send(f"READY=1\nSTATUS={status}")
-
-    def stopping(self) -> None:
-        self.send("STOPPING=1\nSTATUS=stopping")
-
-    def tick(self, now: float) -> None:
-        """Ping the watchdog when due; called from the daemon's loop on every turn."""
-        if (
-            self.watchdog_interval_s is not None
-            and now - self._last_ping >= self.watchdog_interval_s
-        ):
-            self._last_ping = now
-            self.send("WATCHDOG=1")
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it on every turn of its poll."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.signal_name: str | None = None
-
-    def install(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._handle)
-            signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signal_name = signal.Signals(signum).name
-        self._event.set()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-
 def run_agent(config: AgentConfig, stop: StopFlag | None = None) -> int:
     """Start the daemon, serve until SIGTERM, return the process exit code."""
-    from dedgeai.agent.node.daemon import AgentDaemon  # imports zmq, the backend factory
-
     setup_logging(config.log_level)
     log = logging.getLogger("dedgeai.agent")
+    log.info("starting: config from %s; endpoint %s", config.source, config.endpoint)
+    from dedgeai.agent.node.daemon import AgentDaemon  # imports zmq, the backend factory
+
     # The loop thread decides where tasks run; a background thread (training, telemetry,
     # the worker's Python) otherwise keeps the GIL up to 5 ms before handing it over.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     stop = stop or StopFlag().install()
     notifier = Notifier()
     started = time.monotonic()
-    try:
-        daemon = AgentDaemon(config, stop, notifier)
-    except StorageError as exc:  # a full disk may pass: systemd restarts it
-        log.error("cannot start: %s", exc)
-        return ExitCode.INTERNAL
-    except (ConfigError, ModelError, JournalError) as exc:  # say what to fix; not retried
-        log.error("cannot start: %s", exc)
-        return ExitCode.BAD_INPUT
-    except (DedgeaiError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        return ExitCode.INTERNAL
-    try:
-        daemon.serve()
-    except Exception:
-        log.exception("the agent failed")
-        return ExitCode.INTERNAL
-    finally:
-        daemon.close()
+    backend: Handoff[Backend] = Handoff()
+    outcome: dict[str, Any] = {}
+    bound = threading.Event()
+
+    def loop() -> None:  # binds, answers and schedules while this thread loads the model
+        try:
+            daemon = AgentDaemon(config, stop, notifier, load=backend.get)
+        except Exception as exc:
+            outcome["code"] = _start_failure(exc, log)
+            bound.set()
+            return
+        outcome["daemon"] = daemon
+        bound.set()
+        try:
+            daemon.serve()
+        except Exception:
+            log.exception("the agent failed")
+            outcome["code"] = ExitCode.INTERNAL
+        finally:
+            daemon.close()
+
+    thread = threading.Thread(target=loop, name="agent-loop", daemon=True)
+    thread.start()
+    bound.wait()
+    daemon = outcome.get("daemon")
+    if daemon is not None:
+        backend.make(daemon.build_backend)  # in the main thread: see Handoff
+    while thread.is_alive():
+        thread.join(0.5)  # wakes for SIGTERM's handler
+    if "code" in outcome:
+        return int(outcome["code"])
+    if daemon is not None and daemon.exit_code:  # the model could not be loaded (logged)
+        return int(daemon.exit_code)
     log.info("stopped (%s) after %.1f s", stop.signal_name or "request", time.monotonic() - started)
     return ExitCode.OK
+
+
+def _start_failure(exc: Exception, log: logging.Logger) -> int:
+    """Log why the daemon could not start; the exit code that says whether to retry."""
+    log.error("cannot start: %s", exc)
+    if isinstance(exc, StorageError):  # a full disk may pass: systemd restarts it
+        return ExitCode.INTERNAL
+    if isinstance(exc, ConfigError | ModelError | JournalError):  # say what to fix
+        return ExitCode.BAD_INPUT
+    if isinstance(exc, DedgeaiError | OSError):
+        return ExitCode.INTERNAL
+    log.exception("unexpected error while starting")
+    return ExitCode.INTERNAL

@@ -5,13 +5,49 @@ from __future__ import annotations
 import functools
 import os
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dedgeai.agent.cluster.status import cluster_status
 from dedgeai.agent.node import protocol as p
+from dedgeai.agent.node.config import AgentConfig
+from dedgeai.agent.node.core import AgentCore
+from dedgeai.agent.node.disk_store import DiskStore
+from dedgeai.agent.node.journal import Journal
 
-if TYPE_CHECKING:
-    from dedgeai.agent.node.daemon import AgentDaemon
+
+class PhaseView(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def doing(self) -> str: ...
+
+    @property
+    def since(self) -> float: ...
+
+
+class NodeView(Protocol):
+    """What a status body reads from the daemon (``AgentDaemon`` is one)."""
+
+    config: AgentConfig
+    core: AgentCore
+    journal: Journal
+    store: DiskStore
+    endpoint: str
+    started_at: float
+    public_key: str | None
+    authenticator: object | None
+    backend: Any  # models.Backend, None while the model loads
+    phase: PhaseView
+    cluster: Any  # cluster.Cluster, None before the peers exist
+    _plan: dict[str, Any]
+    _profile_state: dict[str, Any]
+    _unsaved: dict[Any, Any]
+
+    @property
+    def emulated(self) -> bool: ...
+
+    def telemetry_dict(self) -> dict[str, Any]: ...
 
 
 @functools.cache
@@ -22,12 +58,14 @@ def package_version() -> str:
         return "unknown"
 
 
-def status_body(daemon: AgentDaemon, now: float) -> dict[str, Any]:
+def status_body(daemon: NodeView, now: float) -> dict[str, Any]:
     """The body of a ``status`` reply: this agent, its backend, queue, capacity, cluster."""
     core = daemon.core
     backlog_steps, backlog_s = core.backlog()
     running = core.tasks.get(core.running) if core.running else None
     profile = core.profile
+    phase = daemon.phase
+    backend = daemon.backend
     return {
         "agent": {
             "node": core.node,
@@ -37,14 +75,19 @@ def status_body(daemon: AgentDaemon, now: float) -> dict[str, Any]:
             "version": package_version(),
             "pid": os.getpid(),
             "uptime_s": now - daemon.started_at,
+            "state": phase.name,  # loading (the model), ready or failed
+            "doing": phase.doing,
+            "state_since": phase.since,
             "accepting": core.accepting,
             "curve": daemon.authenticator is not None,
             "public_key": daemon.public_key,
         },
         "backend": {
-            "name": daemon.backend.name,
+            "name": backend.name
+            if backend is not None
+            else f"{daemon.config.model} ({phase.name})",
             "model": daemon.config.model,
-            "emulated": bool(daemon.backend.emulated),
+            "emulated": daemon.emulated,
             "plan": daemon._plan,
         },
         "telemetry": daemon.telemetry_dict(),

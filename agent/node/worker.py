@@ -1,6 +1,8 @@
-"""The GPU worker: one thread that owns the backend and runs one job at a time.
+"""The GPU worker: one thread that loads the backend, then owns it and runs one job at a time.
 
-The daemon's loop hands it jobs; it reports back through ``events`` (a thread-safe queue)
+The model is loaded here, off the loop, so the agent binds and answers ``status`` at once;
+the worker posts ``BackendReady`` (or ``BackendFailed``) when the load ends. The daemon's loop
+hands it jobs; it reports back through ``events`` (a thread-safe queue)
 and wakes the loop with one byte on an inproc PUSH socket that only this thread uses.
 Results are written to the store here, off the loop, before ``JobFinished`` is posted.
 """
@@ -12,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,23 @@ class Job:
     submitted_at: float
     started_at: float
     attempts: int
+
+
+@dataclass(frozen=True)
+class BackendReady:
+    """The model is loaded: the worker runs jobs from now on."""
+
+    backend: Backend
+    plan: dict[str, Any]
+    load_s: float
+
+
+@dataclass(frozen=True)
+class BackendFailed:
+    """The model could not be loaded: the agent cannot run tasks (``error`` says why)."""
+
+    error: str
+    exception: BaseException
 
 
 @dataclass(frozen=True)
@@ -77,7 +97,9 @@ class JobStopped:
     step: int
 
 
-WorkerEvent = ProfileReady | StepDone | JobFinished | JobFailed | JobStopped
+WorkerEvent = (
+    BackendReady | BackendFailed | ProfileReady | StepDone | JobFinished | JobFailed | JobStopped
+)
 
 
 def load_or_measure_profile(
@@ -108,11 +130,12 @@ def load_or_measure_profile(
 
 
 class Worker:
-    """Runs jobs on the backend in a daemon thread (so a hung step cannot block exit)."""
+    """Loads the backend, then runs jobs on it in a daemon thread (a hung step or load
+    cannot block exit). Jobs handed over before the load ends wait in its queue."""
 
     def __init__(
         self,
-        backend: Backend,
+        load: Callable[[], Backend],
         results: ResultStore,
         context: zmq.Context,
         wake_endpoint: str,
@@ -120,7 +143,8 @@ class Worker:
         profile_sizes: list[tuple[int, int]],
         profile_steps: int,
     ) -> None:
-        self.backend = backend
+        self._load = load
+        self.backend: Backend | None = None  # set by this thread once loaded
         self.events: queue.SimpleQueue[WorkerEvent] = queue.SimpleQueue()
         self._results = results
         self._context = context
@@ -162,6 +186,8 @@ class Worker:
         self._wake.setsockopt(zmq.LINGER, 0)
         self._wake.connect(self._wake_endpoint)
         try:
+            if not self._load_backend():
+                return
             self._measure()
             while not self._stopping:
                 job = self._jobs.get()
@@ -172,8 +198,22 @@ class Worker:
             self._wake.close()
             self._wake = None
 
+    def _load_backend(self) -> bool:
+        started = time.monotonic()
+        try:
+            backend = self._load()
+            plan = backend.memory_plan()
+            described = {"text": str(plan), **(plan.as_dict() if hasattr(plan, "as_dict") else {})}
+        except Exception as exc:  # the daemon says why and exits (a bad model is bad input)
+            self._post(BackendFailed(f"{type(exc).__name__}: {exc}", exc))
+            return False
+        self.backend = backend
+        self._post(BackendReady(backend, described, time.monotonic() - started))
+        return True
+
     def _measure(self) -> None:
         cache, sizes, steps = self._profile
+        assert self.backend is not None
         try:
             profile, cached = load_or_measure_profile(self.backend, cache, sizes, steps)
             self._post(ProfileReady(profile, cached=cached))
@@ -196,6 +236,7 @@ class Worker:
             self._wait_for_loop()
             return not (self._stopping or self._cancel == task)
 
+        assert self.backend is not None  # jobs are taken only after the load
         try:
             if self._stopping or self._cancel == task:
                 raise GenerationCancelled(0, steps)

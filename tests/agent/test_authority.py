@@ -50,8 +50,10 @@ def _core(max_queue: int = 4) -> tuple[AgentCore, FakeStore]:
     return AgentCore(NodeId("11111111-1111-4111-8111-111111111111"), max_queue, store), store
 
 
-def _run(core: AgentCore, store: FakeStore, sender: Principal, msg: Any) -> list[dict]:
-    effects = core.handle(ROUTE, msg, 1.0, sender)
+def _run(
+    core: AgentCore, store: FakeStore, sender: Principal, msg: Any, now: float = 1.0
+) -> list[dict]:
+    effects = core.handle(ROUTE, msg, now, sender)
     store.persist(effects)
     return [e.message for e in effects if isinstance(e, Send)]
 
@@ -194,7 +196,8 @@ def test_held_forwarded_tasks_wait_after_a_freeze_and_run_when_asked_again():
     assert not core.queue and set(core.held) == set(ids)
     assert [type(e).__name__ for e in effects] == ["CancelJob"]
     assert core.plan(3.0) == []  # nothing starts while they are held
-    _run(core, store, PEER, _submit("again", ids[1], origin=origin))  # origin still wants it
+    # the origin still wants it and asks again, after the freeze (time moves forward)
+    _run(core, store, PEER, _submit("again", ids[1], origin=origin), now=4.0)
     assert list(core.queue) == [ids[1]] and ids[1] not in core.held
 
 

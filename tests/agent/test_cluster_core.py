@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import pytest
@@ -13,8 +14,10 @@ from dedgeai.agent.cluster.peers import (
     TRANSITIONS,
     Heard,
     Peer,
+    PeerEvent,
     PeerState,
     PeerTable,
+    Refused,
     Silent,
     VersionMismatch,
     apply,
@@ -29,10 +32,49 @@ from dedgeai.models.backend import GenerationRequest
 # --- peers ---------------------------------------------------------------------------
 
 
-def test_every_state_has_a_transition_for_every_event() -> None:
-    for state in PeerState:
-        for event in (Heard, Silent, VersionMismatch):
-            assert (state, event) in TRANSITIONS
+# Written out by hand (docs/agent.md, "Peers"), independently of peers.TRANSITIONS: the state
+# each event leads to from each state. "Silent" is a liveness check past the deadline.
+_C, _U, _D = PeerState.CONNECTING, PeerState.UP, PeerState.DOWN
+_X, _R = PeerState.INCOMPATIBLE, PeerState.REFUSED
+PEER_COLUMNS = (Heard, Silent, VersionMismatch, Refused)
+PEER_ROWS: dict[PeerState, tuple[PeerState, ...]] = {
+    #    Heard Silent VersionMismatch Refused
+    _C: (_U,   _D,    _X,             _R),
+    _U: (_U,   _D,    _X,             _R),
+    _D: (_U,   _D,    _X,             _R),
+    _X: (_U,   _X,    _X,             _R),
+    _R: (_U,   _R,    _X,             _R),
+}  # fmt: skip
+PEER_EVENTS = {
+    Heard: Heard(50.0, {"node": "n1", "name": "b"}, rtt_s=0.01),
+    Silent: Silent(100.0 + LIVENESS_INTERVALS * 1.0, 1.0),
+    VersionMismatch: VersionMismatch(50.0, "speaks v2"),
+    Refused: Refused(50.0, "refused our key"),
+}
+
+
+def test_the_peer_expectation_covers_every_state_and_event_type() -> None:
+    assert set(PEER_ROWS) == set(PeerState)
+    assert set(PEER_COLUMNS) == set(typing.get_args(PeerEvent)) == set(PEER_EVENTS)
+
+
+def test_the_peer_table_is_exactly_the_expected_transitions() -> None:
+    expected = {
+        (state, event): target
+        for state, row in PEER_ROWS.items()
+        for event, target in zip(PEER_COLUMNS, row, strict=True)
+    }
+    assert expected == TRANSITIONS
+
+
+@pytest.mark.parametrize("state", list(PeerState))
+@pytest.mark.parametrize("event", PEER_COLUMNS)
+def test_every_peer_state_and_event_goes_where_expected(state: PeerState, event: type) -> None:
+    peer = Peer(1, "tcp://x:1", since=100.0, state=state)
+    target = PEER_ROWS[state][PEER_COLUMNS.index(event)]
+    assert apply(peer, PEER_EVENTS[event]).state is target
+    if event is Silent:  # before the deadline a liveness check changes nothing
+        assert apply(peer, Silent(100.0 + LIVENESS_INTERVALS * 1.0 - 0.1, 1.0)).state is state
 
 
 def test_a_peer_is_down_after_3_silent_intervals_and_up_when_heard() -> None:

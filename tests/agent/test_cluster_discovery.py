@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from dedgeai.agent.cluster.discovery import SERVICE_TYPE, Found, admit
+from dedgeai.agent.lab.harness import wait_for
 from dedgeai.agent.node import protocol as p
 from dedgeai.agent.security.keys import authorize, fingerprint, generate_keypair
 
-from .conftest import wait_for  # noqa: TID252
 from .test_cluster_security import KeyedAgent  # noqa: TID252
 
 V = p.PROTOCOL_VERSION

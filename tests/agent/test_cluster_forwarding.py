@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import signal
-import time
 from typing import Any
 
 import zmq
 
 from dedgeai.agent.client.library import AgentClient
 from dedgeai.agent.errors import TaskNotFound
+from dedgeai.agent.lab.harness import cluster_view, collect_dones, wait_for
 from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
-
-from .conftest import cluster_view, wait_for  # noqa: TID252
 
 
 def _node(agent: Any) -> str:
@@ -62,19 +60,6 @@ def _step_at(client: AgentClient, task: str) -> int:
         return 0
 
 
-def _collect_dones(sock: zmq.Socket, task: str, timeout_s: float, linger_s: float) -> list[Any]:
-    """Every `done` for ``task`` until ``linger_s`` after the first (or the timeout)."""
-    dones: list[p.Reply] = []
-    deadline = time.monotonic() + timeout_s
-    while (left := deadline - time.monotonic()) > 0:
-        if sock.poll(int(left * 1000)):
-            reply = p.parse_reply(sock.recv_multipart())
-            if reply.type == "done" and reply.get("task") == task:
-                dones.append(reply)
-                deadline = min(deadline, time.monotonic() + linger_s)
-    return dones
-
-
 def test_kill_9_of_the_target_mid_task_finishes_elsewhere_exactly_once(
     cluster_factory: Any,
 ) -> None:
@@ -100,7 +85,7 @@ def test_kill_9_of_the_target_mid_task_finishes_elsewhere_exactly_once(
         assert b.proc is not None
         b.proc.send_signal(signal.SIGKILL)
         b.proc.wait(10)
-        dones = _collect_dones(sock, task, timeout_s=15.0, linger_s=1.5)
+        dones = collect_dones(sock, task, timeout_s=90.0, linger_s=1.5)
     finally:
         sock.close(0)
     assert len(dones) == 1, [d.fields for d in dones]
@@ -126,8 +111,16 @@ def test_clients_talk_only_to_their_own_agent(cluster_factory: Any) -> None:
     with a.client() as client:
         client.generate(request)
         task = client.submit(slow, wait=False).get("task")
-    with AgentClient(a.endpoint, timeout_s=5.0) as client:
-        snapshot = client.result(task, wait=True)
-        assert snapshot.type == "progress"
+    assert b.proc is not None
+    with b.client() as client:  # the peer runs it...
+        wait_for(lambda: _step_at(client, task) >= 1, 30.0, "the peer to run it")
+    b.proc.send_signal(signal.SIGSTOP)  # ...and cannot finish it while the origin is asked
+    try:
+        with AgentClient(a.endpoint, timeout_s=5.0) as client:
+            snapshot = client.result(task, wait=True)
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    assert snapshot.type == "progress"
+    with AgentClient(a.endpoint, timeout_s=60.0) as client:
         done = client.wait(task)
     assert done.get("ran_on")["endpoint"] == b.endpoint

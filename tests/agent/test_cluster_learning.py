@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
+from dedgeai.agent.lab.harness import cluster_view, wait_for
 from dedgeai.models.backend import GenerationRequest
-
-from .conftest import cluster_view, wait_for  # noqa: TID252
 
 
 def _scheduler(agent: Any) -> dict[str, Any]:

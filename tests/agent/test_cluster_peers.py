@@ -9,10 +9,9 @@ from typing import Any
 import msgpack
 import zmq
 
+from dedgeai.agent.lab.harness import cluster_view, free_ports, peer_states, wait_for
 from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
-
-from .conftest import cluster_view, free_ports, peer_states, wait_for  # noqa: TID252
 
 
 def test_a_peer_silent_for_3_intervals_is_marked_down_masked_and_back_when_it_speaks(

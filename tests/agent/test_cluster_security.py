@@ -15,12 +15,11 @@ import pytest
 import zmq
 
 from dedgeai.agent.client.library import AgentClient
+from dedgeai.agent.lab.harness import AgentProcess, free_ports, wait_for
 from dedgeai.agent.security.curve import ClientSecurity
 from dedgeai.agent.security.keys import KeyPair, authorize, fingerprint, generate_keypair
 from dedgeai.agent.security.peer_keys import NEXT, OK, REFUSED, WAIT, PeerSecurity, split_peer
 from dedgeai.models.backend import GenerationRequest
-
-from .conftest import AgentProcess, free_ports, wait_for  # noqa: TID252
 
 FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 

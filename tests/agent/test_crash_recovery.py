@@ -19,7 +19,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,17 @@ from typing import Any
 import pytest
 import zmq
 
+from dedgeai.agent.lab.harness import (
+    AgentProcess,
+    cluster_view,
+    free_ports,
+    start_peered,
+    wait_capacity_known,
+    wait_for,
+)
 from dedgeai.agent.node import protocol as p
 from dedgeai.agent.node.failpoints import ENV, POINTS
 from dedgeai.models.backend import GenerationRequest
-
-from .conftest import AgentProcess, cluster_view, free_ports, peer_states, wait_for  # noqa: TID252
 
 FINAL = {"done": "done", "cancelled": "cancelled", "task_failed": "failed"}  # reply -> state
 KILL_TIMEOUT_S = 30.0  # bounded waits: an agent on 2 busy cores, torch imported at start
@@ -302,15 +307,8 @@ def _pair(
     b = agent_factory("b", endpoint=ends[1], emulated_steps_per_second=b_steps_per_s, **common)
     _arm(a, a_point)
     _arm(b, b_point)
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda x: x.start(), (a, b)))
-    for agent in (a, b):
-        wait_for(lambda agent=agent: set(peer_states(agent).values()) == {"up"}, 30.0, "peers up")
-    wait_for(
-        lambda: all(s.get("capacity_steps_per_s") for s in cluster_view(a)["servers"]),
-        30.0,
-        "a knows b's capacity",
-    )
+    start_peered((a, b))
+    wait_capacity_known(a)
     with a.client() as client:
         client.generate(_request(steps=1))
     return a, b

@@ -112,20 +112,24 @@ def test_cancel_queued_and_running(agent_factory):
 
 
 def test_kill9_restart_finishes_everything_once(agent_factory):
-    agent = agent_factory(emulated_steps_per_second=100.0).start()
+    # The crash point is an event, not a moment: the agent SIGKILLs itself as the third task
+    # is about to start, so exactly the first two are done whatever the machine's load.
+    agent = agent_factory(emulated_steps_per_second=50.0)
+    agent.env = {"DEDGEAI_FAILPOINT": "persisted:running@3"}
+    agent.start()
     with agent.client() as client:
         tasks = [
             client.submit(_request(steps=20, seed=i), wait=False).get("task") for i in range(8)
         ]
-        # Wait until the second task is done, then crash the agent mid-queue.
-        _await_done(client, tasks[1])
-        before = {row["task"]: row for row in client.tasks(limit=100)}
-    agent.stop(signal.SIGKILL)
-    done_before = {t for t, row in before.items() if row["state"] == "done"}
-    assert {tasks[0], tasks[1]} <= done_before and len(done_before) < 8
+    assert agent.proc is not None and agent.proc.wait(timeout=60) == -signal.SIGKILL
+    assert "failpoint persisted:running: SIGKILL" in agent.log()
+    done_before = {tasks[0], tasks[1]}
 
+    agent.env = {}
     agent.start()
     with agent.client(timeout_s=10.0) as client:
+        before = {row["task"]: row for row in client.tasks(limit=100)}
+        assert all(before[t]["state"] == "done" for t in done_before)  # from the journal
         for task in tasks:
             _await_done(client, task)
         after = {row["task"]: row for row in client.tasks(limit=100)}
@@ -145,8 +149,10 @@ def test_sigterm_checkpoints_running_task_and_exits_fast(agent_factory):
             lambda: client.status()["queue"]["running_step"] not in (None, 0),
             what="the first step",
         )
-    code, took_s = agent.stop(signal.SIGTERM)
-    assert code == 0 and took_s < 10.0
+    # "fast": it checkpoints instead of finishing the 10 s task (attempts == 2 below says
+    # the task was interrupted); a hang is a TimeoutExpired, never a slow pass.
+    code, _took = agent.stop(signal.SIGTERM, timeout_s=60.0)
+    assert code == 0
     assert "stopped (SIGTERM)" in agent.log()
 
     agent.start(emulated_steps_per_second=2000.0)
@@ -166,7 +172,7 @@ def test_burst_of_300_submits_with_max_queue_64(agent_factory, raw_peer):
     verdicts: dict[str, str] = {}
     accepted: dict[str, str] = {}
     finished: set[str] = set()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # generous: the loop ends when every task finished
     while (len(verdicts) < 300 or finished != set(accepted)) and time.monotonic() < deadline:
         reply = peer.recv(timeout_s=30)
         if reply.type == "accepted":

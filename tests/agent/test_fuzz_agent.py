@@ -33,9 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dedgeai.agent.errors import ErrorCode, ProtocolError
+from dedgeai.agent.lab.harness import AgentProcess
 from dedgeai.agent.node import protocol as p
-
-from .conftest import AgentProcess  # noqa: TID252
 
 EXAMPLES = 2000  # per role
 REPLY_TIMEOUT_S = 10.0

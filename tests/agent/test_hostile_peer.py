@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 import zmq
 
+from dedgeai.agent.lab.harness import AgentProcess, free_ports, peer_states, wait_for
 from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
-
-from .conftest import AgentProcess, free_ports, peer_states, wait_for  # noqa: TID252
 
 FAKE_NODE = str(uuid.UUID(int=7))
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32

@@ -13,11 +13,10 @@ import torch
 
 from dedgeai.agent.cluster.gossip_sanity import sanitize_report
 from dedgeai.agent.cluster.learning import MAX_REWARD_DELAY_S, SchedulerHost
+from dedgeai.agent.lab.harness import wait_for
 from dedgeai.scheduler import online
 from dedgeai.scheduler.checkpoints import load_checkpoint
 from dedgeai.scheduler.online import ClusterScheduler, ClusterState, TaskSpec
-
-from .conftest import wait_for  # noqa: TID252
 
 B = 3
 
@@ -215,6 +214,8 @@ def test_a_restarted_peer_may_report_a_new_speed() -> None:
 def test_work_values_are_finite_non_negative_and_bounded(field: str, value: Any) -> None:
     if value == 1.5 and field != "queued":
         value = math.inf  # 1.5 is a sane backlog; only `queued` must be an integer
+    if value is None and field == "backlog_s":
+        value = "x"  # None is "not measured yet" there (see the test below), not insane
     previous = _report()
     clean, reasons = sanitize_report(previous, _report(**{field: value}), 25.0)
     assert clean[field] == previous[field] and clean["accepting"] is True
@@ -231,3 +232,12 @@ def test_the_report_passed_in_is_not_modified() -> None:
     report = _report(backlog_steps=math.nan, capacity_steps_per_s=1e9)
     sanitize_report(_report(), report, 25.0)
     assert math.isnan(report["backlog_steps"]) and report["capacity_steps_per_s"] == 1e9
+
+
+def test_an_unknown_backlog_in_seconds_is_not_insane():
+    """A peer that has not measured its speed reports ``backlog_s = None``: still scheduled."""
+    from dedgeai.agent.cluster.gossip_sanity import sanitize_report
+
+    report = {"backlog_steps": 4.0, "interval_load_steps": 0.0, "backlog_s": None}
+    out, reasons = sanitize_report(None, {**report, "accepting": True}, 10.0)
+    assert reasons == [] and out["accepting"] is True and out["backlog_s"] is None

@@ -11,10 +11,9 @@ import pytest
 import zmq
 
 from dedgeai.agent.errors import ErrorCode, ProtocolError
+from dedgeai.agent.lab.harness import free_ports
 from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
-
-from .conftest import free_ports  # noqa: TID252
 
 TASK = "6f9619ff-8b86-4011-b42d-00cf4fc964ff"
 NODE = "0b4a2c9e-3d1f-4e5a-9c7b-2f6d8e1a4b3c"

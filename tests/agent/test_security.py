@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from dedgeai.agent.client.cli import app
 from dedgeai.agent.client.library import AgentClient
 from dedgeai.agent.errors import HandshakeFailed, SecurityError
 from dedgeai.agent.exit_codes import ExitCode
+from dedgeai.agent.lab.harness import AgentProcess
 from dedgeai.agent.security.curve import ClientSecurity, SecurityConfig, curve_required
 from dedgeai.agent.security.keys import (
     KeyPair,
@@ -27,10 +27,11 @@ from dedgeai.agent.security.keys import (
     load_public_key,
 )
 from dedgeai.models.backend import GenerationRequest
-from tests.agent.conftest import AgentProcess
 
 runner = CliRunner()
-REFUSAL_WITHIN_S = 2.0  # a refused handshake is reported at once, well inside the timeout
+# A refused handshake is reported by the socket monitor (HandshakeFailed), never by the
+# timeout (PeerUnavailable): the timeout is long, so only the monitor can end the wait.
+REFUSAL_TIMEOUT_S = 60.0
 
 
 def _run(*args: str) -> tuple[int, str]:
@@ -127,7 +128,7 @@ class CurveAgent(AgentProcess):
 
     def __init__(self, directory: Path, **settings: Any) -> None:
         super().__init__(directory, **settings)
-        self.keys = generate_keypair(directory / "keys")  # the keys_dir conftest sets
+        self.keys = generate_keypair(directory / "keys")  # the keys_dir AgentProcess sets
         self.operator = generate_keypair(directory / "operator")
         authorize(directory / "keys" / "authorized_keys", self.operator.public_path, "operator")
 
@@ -149,16 +150,14 @@ def curve_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CurveAgent
     agent.close()
 
 
-def _refused(
-    agent: CurveAgent, keys: KeyPair | None, **options: Any
-) -> tuple[HandshakeFailed, float]:
-    started = time.monotonic()
+def _refused(agent: CurveAgent, keys: KeyPair | None, **options: Any) -> HandshakeFailed:
+    """The HandshakeFailed a client with ``keys`` gets (one try, a timeout it never reaches)."""
     with (
         pytest.raises(HandshakeFailed) as caught,
-        agent.client_with(keys, timeout_s=5.0, **options) as c,
+        agent.client_with(keys, timeout_s=REFUSAL_TIMEOUT_S, retries=1, **options) as c,
     ):
         c.status()
-    return caught.value, time.monotonic() - started
+    return caught.value
 
 
 def test_authorized_client_runs_a_task_end_to_end(curve_agent):
@@ -172,18 +171,17 @@ def test_authorized_client_runs_a_task_end_to_end(curve_agent):
 
 def test_unknown_client_key_is_refused_clearly(curve_agent, tmp_path):
     stranger = generate_keypair(tmp_path / "stranger")
-    failure, elapsed = _refused(curve_agent, stranger)
-    assert failure.reason == "auth" and elapsed < REFUSAL_WITHIN_S
+    failure = _refused(curve_agent, stranger)
+    assert failure.reason == "auth"
     assert "refused this client's key" in str(failure)
     assert str(stranger.public_path) in str(failure)  # says which file to authorize
     assert "refused a connection with unknown CURVE key" in curve_agent.log()
 
 
 def test_plain_client_is_refused_by_a_curve_agent(curve_agent, raw_peer):
-    failure, elapsed = _refused(curve_agent, None)
+    failure = _refused(curve_agent, None)
     # "protocol" (mechanism mismatch) or, when the agent resets first, "dropped": both say so
     assert failure.reason in ("protocol", "dropped") and "requires CURVE" in str(failure)
-    assert elapsed < REFUSAL_WITHIN_S
     raw = raw_peer(curve_agent.endpoint)  # a bare plain-TCP DEALER gets nothing at all
     raw.send(json.dumps({"type": "status"}).encode())
     with pytest.raises(TimeoutError):
@@ -194,9 +192,8 @@ def test_plain_client_is_refused_by_a_curve_agent(curve_agent, raw_peer):
 
 def test_wrong_server_key_is_reported(curve_agent, tmp_path):
     other = generate_keypair(tmp_path / "other")
-    failure, elapsed = _refused(curve_agent, curve_agent.operator, server_key=other.public)
+    failure = _refused(curve_agent, curve_agent.operator, server_key=other.public)
     assert failure.reason == "dropped" and "server key is not its public key" in str(failure)
-    assert elapsed < REFUSAL_WITHIN_S
 
 
 def test_authorizing_takes_effect_without_restart(curve_agent, tmp_path):
@@ -246,10 +243,11 @@ def test_curve_agent_stops_cleanly_on_sigterm(tmp_path):
     agent = CurveAgent(tmp_path / "stopping")
     try:
         agent.start()
-        code, elapsed = agent.stop(timeout_s=15.0)  # the ZAP thread must not block the exit
+        # the ZAP thread must not block the exit: a hang is a TimeoutExpired, not a slow pass
+        code, _took = agent.stop(timeout_s=60.0)
     finally:
         agent.close()
-    assert code == 0 and elapsed < 10.0
+    assert code == 0
     assert "CURVE on: public key" in agent.log()
 
 

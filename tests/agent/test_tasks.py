@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import typing
 
 import pytest
 
@@ -12,11 +13,14 @@ from dedgeai.agent.node.tasks import (
     CancelRequested,
     Failed,
     Finished,
+    Forwarded,
     Interrupted,
     InvalidTransition,
+    Reclaimed,
     Started,
     Stepped,
     Stopped,
+    TaskEvent,
     TaskRecord,
     TaskState,
     apply,
@@ -25,7 +29,30 @@ from dedgeai.agent.node.tasks import (
 from dedgeai.models.backend import GenerationRequest, SpeedProfile
 
 EVENTS = [Started(1.0), Stepped(3), Finished(2.0, {"x": 1}), Failed(2.0, "boom"),
-          CancelRequested(2.0), Stopped(2.0), Interrupted()]  # fmt: skip
+          CancelRequested(2.0), Stopped(2.0), Interrupted(), Forwarded(2.0, {"slot": 1}),
+          Reclaimed("down")]  # fmt: skip
+
+# The lifecycle written out by hand from docs/agent.md and the diagram in tasks.py, one row per
+# state and one column per event (None: refused), so that the table is checked against an
+# independent statement rather than against itself.
+Q, R, F = TaskState.QUEUED, TaskState.RUNNING, TaskState.FORWARDED
+DONE, FAIL, CANC = TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED
+COLUMNS = (Started, Stepped, Finished, Failed, CancelRequested, Stopped, Interrupted, Forwarded,
+           Reclaimed)  # fmt: skip
+ROWS: dict[TaskState, tuple[TaskState | None, ...]] = {
+    #      Started Stepped Finished Failed CancelReq Stopped Interrupted Forwarded Reclaimed
+    Q:    (R,      None,   None,    None,  CANC,     None,   None,       F,        None),
+    R:    (None,   R,      DONE,    FAIL,  R,        CANC,   Q,          None,     None),
+    F:    (None,   F,      DONE,    FAIL,  F,        CANC,   None,       None,     Q),
+    DONE: (None,) * 9,
+    FAIL: (None,) * 9,
+    CANC: (None,) * 9,
+}  # fmt: skip
+EXPECTED = {
+    (state, event): target
+    for state, row in ROWS.items()
+    for event, target in zip(COLUMNS, row, strict=True)
+}
 
 
 def _task(state: TaskState = TaskState.QUEUED, steps: int = 10) -> TaskRecord:
@@ -33,10 +60,20 @@ def _task(state: TaskState = TaskState.QUEUED, steps: int = 10) -> TaskRecord:
     return TaskRecord(TaskId("t"), "origin", request, seq=1, submitted_at=0.0, state=state)
 
 
+def test_the_expectation_covers_every_state_and_every_event_type():
+    assert set(ROWS) == set(TaskState)
+    assert set(COLUMNS) == set(typing.get_args(TaskEvent)) == {type(e) for e in EVENTS}
+
+
+def test_the_table_is_exactly_the_expected_transitions():
+    allowed = {pair: target for pair, target in EXPECTED.items() if target is not None}
+    assert allowed == TRANSITIONS
+
+
 @pytest.mark.parametrize(("state", "event"), list(itertools.product(TaskState, EVENTS)))
-def test_every_pair_is_in_the_table_or_refused(state, event):
+def test_every_pair_goes_where_expected_or_is_refused(state, event):
     task = _task(state)
-    target = TRANSITIONS.get((state, type(event)))
+    target = EXPECTED[(state, type(event))]
     if target is None:
         with pytest.raises(InvalidTransition):
             apply(task, event)
