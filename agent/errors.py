@@ -1,9 +1,9 @@
 """Errors raised by the agent and its client.
 
-DedgeaiError
+DedgeaiError             (the one root: scheduler/errors.py; ModelError, SchedulerError too)
  ├── ConfigError          the agent's configuration file or an override is invalid
  │    └── SecurityError   CURVE keys missing, unreadable or already there
- │         └── HandshakeFailed  the agent refused this client's key (or its mechanism)
+ ├── HandshakeFailed      a peer or agent refused our key (or its mechanism), at run time
  ├── JournalError         the state directory or its sqlite journal cannot be used
  ├── ProtocolError        a wire message is malformed; carries a stable ErrorCode
  ├── PeerUnavailable      an agent (or, later, a peer) did not answer within the retries
@@ -12,12 +12,16 @@ DedgeaiError
       ├── TaskNotFound    it knows no task with that id (``not_found``)
       └── TaskFailed      the task failed or was cancelled (``task_failed``, ``cancelled``)
 
-Library code raises these; the CLI maps them to exit codes in one place (``cli_agent``).
+Library code raises these; the CLI maps every ``DedgeaiError`` to an exit code in one place
+(``agent/exit_codes.py``: ``exit_code_of``).
 """
 
 from __future__ import annotations
 
 from enum import Enum
+
+# Re-exported: the root lives in scheduler/errors.py (the one leaf every package may import).
+from dedgeai.scheduler.errors import DedgeaiError as DedgeaiError
 
 
 class ErrorCode(str, Enum):
@@ -38,10 +42,6 @@ class ErrorCode(str, Enum):
     STORAGE = "storage"  # the agent cannot write its journal or results (disk full?)
 
 
-class DedgeaiError(Exception):
-    """Base class of every error raised by ``dedgeai.agent``."""
-
-
 class ConfigError(DedgeaiError):
     """The configuration is invalid; the message names the key and what is allowed."""
 
@@ -50,8 +50,11 @@ class SecurityError(ConfigError):
     """CURVE keys are missing, unreadable or would be overwritten; the message says what to do."""
 
 
-class HandshakeFailed(SecurityError):  # noqa: N818 (httpx-style names, see STYLE.md)
-    """The CURVE/ZMTP handshake with an agent failed: refused key, wrong key or mechanism."""
+class HandshakeFailed(DedgeaiError):  # noqa: N818 (httpx-style names, see STYLE.md)
+    """The CURVE/ZMTP handshake with an agent failed: refused key, wrong key or mechanism.
+
+    Not a ``ConfigError``: it happens at run time, between two processes, and says nothing
+    about this side's configuration file being invalid (the other side may be at fault)."""
 
     def __init__(self, endpoint: str, reason: str, message: str) -> None:
         super().__init__(message)

@@ -13,10 +13,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from dedgeai.models.errors import InvalidRequest
 
+# The side bounds are re-exported (``X as X``): the protocol schema reads them from here.
+from dedgeai.models.sizes import MAX_SIDE_PX as MAX_SIDE_PX
+from dedgeai.models.sizes import MIN_SIDE_PX as MIN_SIDE_PX
+from dedgeai.models.sizes import SIDE_MULTIPLE_PX as SIDE_MULTIPLE_PX
+from dedgeai.models.sizes import format_size, parse_size, side_problem
+
 MAX_PROMPT_CHARS = 2000
-MIN_SIDE_PX = 256
-MAX_SIDE_PX = 2048
-SIDE_MULTIPLE_PX = 16
 MAX_STEPS = 100
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**63 - 1
@@ -62,11 +65,9 @@ class GenerationRequest:
         for name, side in (("width", self.width), ("height", self.height)):
             if isinstance(side, bool) or not isinstance(side, int):
                 raise InvalidRequest(f"{name} must be an integer, got {side!r}")
-            if not MIN_SIDE_PX <= side <= MAX_SIDE_PX or side % SIDE_MULTIPLE_PX:
-                raise InvalidRequest(
-                    f"{name} must be a multiple of {SIDE_MULTIPLE_PX} in "
-                    f"[{MIN_SIDE_PX}, {MAX_SIDE_PX}], got {side}"
-                )
+            problem = side_problem(side)
+            if problem:
+                raise InvalidRequest(f"{name} {problem}, got {side}")
         if (
             isinstance(self.guidance, bool)
             or not isinstance(self.guidance, (int, float))
@@ -123,13 +124,13 @@ class SpeedProfile:
 
     def at(self, width: int, height: int) -> float:
         """Steps per second at this size; scaled by pixel count from the nearest measured size."""
-        key = f"{width}x{height}"
+        key = format_size(width, height)
         if key in self.steps_per_second:
             return self.steps_per_second[key]
         pixels = width * height
 
         def measured_pixels(item: tuple[str, float]) -> int:
-            w, h = (int(v) for v in item[0].split("x"))
+            w, h = parse_size(item[0], check_range=False)
             return w * h
 
         nearest_key, nearest_rate = min(

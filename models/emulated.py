@@ -19,6 +19,7 @@ from dedgeai.models.backend import (
     StepCallback,
 )
 from dedgeai.models.errors import GenerationCancelled, InvalidRequest
+from dedgeai.models.sizes import format_size
 
 EMULATED_LABEL = "emulated"
 
@@ -100,7 +101,7 @@ class EmulatedBackend:
     def profile(
         self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 4
     ) -> SpeedProfile:
-        rates = {f"{w}x{h}": 1.0 / self.seconds_per_step(w, h) for w, h in sizes}
+        rates = {format_size(w, h): 1.0 / self.seconds_per_step(w, h) for w, h in sizes}
         return SpeedProfile(steps_per_second=rates, backend=self.name, emulated=True)
 
     def memory_plan(self) -> EmulatedPlan:

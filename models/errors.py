@@ -1,4 +1,4 @@
-"""Errors raised by image generation.
+"""Errors raised by image generation (rooted in ``DedgeaiError``, see scheduler/errors.py).
 
 ModelError
  ├── InvalidRequest      a request field is out of range (the caller's fault)
@@ -9,8 +9,10 @@ ModelError
 
 from __future__ import annotations
 
+from dedgeai.scheduler.errors import DedgeaiError
 
-class ModelError(Exception):
+
+class ModelError(DedgeaiError):
     """Base class of every error raised by ``dedgeai.models``."""
 
 

@@ -41,6 +41,7 @@ from dedgeai.models.placement import (
     choose_plan,
 )
 from dedgeai.models.prompt_cache import PromptEmbedding, PromptEmbeddingCache
+from dedgeai.models.sizes import format_size
 from dedgeai.models.staging import StateLoader, apply_plan, set_vae_tiling
 from dedgeai.models.tiny import TINY_WARNING, build_tiny, tiny_configs
 from dedgeai.models.weights import (
@@ -207,7 +208,7 @@ class SD3Backend:
             result = self.generate(
                 GenerationRequest(PROFILE_PROMPT, steps=steps, width=width, height=height)
             )
-            rates[f"{width}x{height}"] = steps / max(result.timings.denoise_s, 1e-9)
+            rates[format_size(width, height)] = steps / max(result.timings.denoise_s, 1e-9)
         return SpeedProfile(steps_per_second=rates, backend=self.name, emulated=False)
 
     def close(self) -> None:

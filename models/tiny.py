@@ -15,14 +15,10 @@ from dedgeai.models.components import (
     build_module,
     build_scheduler,
 )
+from dedgeai.models.notices import TINY_WARNING as TINY_WARNING  # re-exported
 from dedgeai.models.tokenizers import tiny_tokenizer
 
 TINY_SEED = 0
-TINY_WARNING = (
-    "using the built-in tiny model (random weights): its images are noise until SD3-medium weights "
-    "(a diffusers folder or sd3_medium.safetensors + clip_g + clip_l) are set with model = PATH in "
-    "the agent's config, or dedgeai generate --model PATH"
-)
 
 
 def tiny_configs() -> SD3Configs:

@@ -40,19 +40,31 @@ def config_from_dict(cls: type[T], data: dict[str, object]) -> T:
 
 
 def select_agent(
-    state: dict[str, torch.Tensor], agent: int, n_agents: int, per_slot_memory: bool
+    state: dict[str, torch.Tensor],
+    agent: int,
+    n_agents: int,
+    per_slot_memory: bool,
+    template: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """Slice one agent out of agent-stacked tensors (critics are stacked as 2A: both copies)."""
+    """Slice one agent out of agent-stacked tensors (critics are stacked as 2A: both copies).
+
+    ``template`` is a one-agent learner's own state: a tensor already of its shape is shared
+    by every agent (LAD-TS's step embedding, [I, E]) and is kept whole, even when I happens
+    to equal the number of agents; only the first dimension of the others is sliced.
+    """
     out = {}
     for key, value in state.items():
-        if key == "memory":
+        shared = key in template and tuple(template[key].shape) == tuple(value.shape)
+        if shared or value.dim() == 0:
+            out[key] = value
+        elif key == "memory":
             out[key] = value[:, agent : agent + 1] if per_slot_memory else value[agent : agent + 1]
         elif key.startswith(("sac.critics.", "sac.targets.")):
             out[key] = value[[agent, n_agents + agent]]
-        elif value.dim() > 0 and value.shape[0] == n_agents:
+        elif value.shape[0] == n_agents:
             out[key] = value[agent : agent + 1]
         else:
-            out[key] = value
+            out[key] = value  # a shape the learner refuses at load, with its own message
     return out
 
 

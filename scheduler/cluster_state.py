@@ -1,7 +1,8 @@
 """A live cluster as a policy sees it, and the decisions that need no learning (torch-free).
 
 ``ClusterState``/``TaskSpec`` are what the agent knows when a task arrives (from telemetry
-gossip), ``Placement`` is a decision, ``estimated_finish_s`` is greedy's estimate (D1–D5)
+gossip, or for ``pod2`` from probe replies with every other peer masked: the agent's
+``agent/cluster/probes.py`` builds that state, the decision is greedy's), ``Placement`` is a decision, ``estimated_finish_s`` is greedy's estimate (D1–D5)
 and ``soft_greedy`` its maximum-entropy form. ``HeuristicScheduler`` decides with one of
 the heuristics; ``online.ClusterScheduler`` extends it with the learned policies (torch),
 so an agent with a heuristic policy never imports torch.
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dedgeai.scheduler.errors import ConfigurationError
+from dedgeai.scheduler.policy_names import HEURISTICS as HEURISTICS  # re-exported
+from dedgeai.scheduler.policy_names import LEARNED, POLICIES, PROBED
 from dedgeai.scheduler.state_checks import (
     sanitized_state,
     sanitized_task,
@@ -25,9 +28,6 @@ from dedgeai.scheduler.state_checks import (
     task_problems,
 )
 
-POLICIES = ("lad", "sac", "dqn", "greedy", "least-loaded", "round-robin", "random", "local")
-LEARNED = ("lad", "sac", "dqn")
-HEURISTICS = tuple(p for p in POLICIES if p not in LEARNED)
 SOFT_GREEDY_TEMPERATURE = 0.3  # x the best estimated finish (tools/stale_gossip_sim.py)
 MIN_TEMPERATURE_S = 0.05  # floor of the best finish in the temperature (an idle cluster)
 
@@ -182,7 +182,7 @@ class HeuristicScheduler:
     def _decide_heuristic(self, policy: str, task: TaskSpec, cluster: ClusterState) -> Placement:
         up = np.asarray(cluster.available, dtype=bool)
         name = policy if policy not in LEARNED else "local"
-        if name == "greedy":
+        if name == "greedy" or name in PROBED:  # pod<d>: greedy on the probed (masked) state
             finish = estimated_finish_s(task, cluster)
             target = int(np.argmin(finish))
             return self._one_hot(target, f"earliest estimated finish {finish[target]:.2f} s")

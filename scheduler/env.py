@@ -13,6 +13,8 @@ import numpy as np
 
 from dedgeai.scheduler.config import EnvConfig
 
+TASK_MBIT_SCALE = 5.0  # with scaling on: a task's size / the top of its range (B6)
+DEMAND_GCYCLES_SCALE = 4.0  # with scaling on: a task's demand / the top of its range (B6)
 STATE_SCALE_S = 10.0  # with scaling on: backlogs in seconds / 10, rewards in seconds / 10
 
 
@@ -156,7 +158,7 @@ def observe(
     B, N = task_mbit.shape
     demand = np.broadcast_to(system.demand[None, :N], (B, N))
     if scaling:
-        per_task = [task_mbit / 5.0, demand / 4.0]
+        per_task = [task_mbit / TASK_MBIT_SCALE, demand / DEMAND_GCYCLES_SCALE]
         queue = backlog / system.capacity_ghz / STATE_SCALE_S
         load = last_load / system.capacity_ghz / STATE_SCALE_S
     else:

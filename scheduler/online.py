@@ -21,6 +21,7 @@ no transition and counts it in ``insane_states``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,8 @@ from dedgeai.scheduler.cluster_state import (
 )
 from dedgeai.scheduler.config import EnvConfig, LearnConfig, Switches
 from dedgeai.scheduler.env import state_dim
-from dedgeai.scheduler.errors import ConfigurationError
+from dedgeai.scheduler.errors import ConfigurationError, WarmStartCancelled
+from dedgeai.scheduler.lad_scorer import LADScorer
 from dedgeai.scheduler.learner import latent_to_memory
 from dedgeai.scheduler.policy import OnlinePolicy
 from dedgeai.scheduler.state_checks import sane_capacities
@@ -82,6 +84,9 @@ class ClusterScheduler(HeuristicScheduler):
         explore_epsilon: float = 0.0,
         capacities: np.ndarray | None = None,
         mean_path: bool = False,
+        should_stop: Callable[[], bool] | None = None,
+        warm_start_steps: int = WARM_START_STEPS,
+        actor: str = "ladn",
     ) -> None:
         """``deterministic``: a learned policy takes the most likely action (argmax of π,
         masked) instead of sampling it, and a uniformly drawn live server with probability
@@ -89,16 +94,33 @@ class ClusterScheduler(HeuristicScheduler):
         ``mean_path`` (deployment, not deterministic): the action is drawn from π of LAD's
         noiseless chain, the π the warm start fitted (DQN: argmax of Q).
         ``capacities``: every server's measured speed (steps/s), for a fresh actor's warm
-        start (see ``_warm_start``)."""
+        start (see ``_warm_start``). ``should_stop``: asked during that warm start; when it
+        says so the constructor raises :class:`WarmStartCancelled` (an agent stopping).
+        ``warm_start_steps``: cloning steps of that warm start (the agent's setting).
+        ``actor`` (``lad`` only): ``ladn``, the paper's network over the whole state, or
+        ``scorer``, the per-server LAD scorer of ``lad_scorer.py`` (any cluster size; it
+        decides with its warm start or ``checkpoint``: no online learning yet)."""
         super().__init__(policy, n_servers, self_index, seed=seed)
         self._interval_index = 0
         self._learned: OnlinePolicy | None = None
+        self._scorer: LADScorer | None = None
+        if actor not in ("ladn", "scorer") or (actor == "scorer" and policy != "lad"):
+            raise ConfigurationError(f"actor {actor!r}: ladn, or scorer for the lad policy")
+        if actor == "scorer":
+            if learn:
+                raise ConfigurationError("the scorer actor does not learn online yet")
+            if checkpoint is not None and Path(checkpoint).exists():
+                self._scorer = LADScorer.load(checkpoint)
+            else:
+                self._scorer = LADScorer(seed=seed)
+                capacities = sane_capacities(capacities, n_servers)
+                self._scorer.warm_start(capacities, warm_start_steps, should_stop=should_stop)
         self._learn = learn and policy in LEARNED
         if not 0.0 <= explore_epsilon <= 1.0:
             raise ConfigurationError(f"explore_epsilon {explore_epsilon} outside [0, 1]")
         self.deterministic, self.explore_epsilon = deterministic, explore_epsilon
         self.mean_path = mean_path and not deterministic
-        if policy in LEARNED and n_servers >= 2:
+        if policy in LEARNED and n_servers >= 2 and self._scorer is None:
             # A fresh actor's ε is unconstrained (B7 off): the warm start's soft-greedy π needs
             # more sharpness than B7 allows. A checkpoint keeps the switches it was made with.
             switches = switches or Switches(eps_softmax=False)
@@ -120,6 +142,8 @@ class ClusterScheduler(HeuristicScheduler):
                     raise ConfigurationError(
                         f"{checkpoint}: a {self._learned.method} checkpoint, not {policy}"
                     )
+                if learn_config is not None:  # the deployment's pacing wins over the file's
+                    self._learned.set_pacing(learn_config.warmup, learn_config.batch_size)
             else:
                 self._learned = OnlinePolicy(
                     policy, env, agent=self_index, switches=switches, learn=learn_config, seed=seed
@@ -131,7 +155,7 @@ class ClusterScheduler(HeuristicScheduler):
                     memory.copy_(
                         latent_to_memory(torch.zeros_like(memory), switches.memory_pre_softmax)
                     )
-                self._warm_start(capacities)
+                self._warm_start(capacities, should_stop, warm_start_steps)
 
     @property
     def learns(self) -> bool:
@@ -154,6 +178,8 @@ class ClusterScheduler(HeuristicScheduler):
         self._interval_index = 0
 
     def _decide_sane(self, task: TaskSpec, cluster: ClusterState, task_id: str | None) -> Placement:
+        if self._scorer is not None:
+            return self._decide_scorer(task, cluster)
         if self._learned is not None:
             return self._decide_learned(task, cluster, task_id)
         return self._decide_heuristic(self.policy, task, cluster)
@@ -195,6 +221,26 @@ class ClusterScheduler(HeuristicScheduler):
             how = "drawn "
         return Placement(target, probs, self.policy, f"{how}p={chosen:.2f} (max {most:.2f})")
 
+    def _decide_scorer(self, task: TaskSpec, cluster: ClusterState) -> Placement:
+        """π of the scorer's mean path: drawn, or its argmax (ε-explore) if deterministic."""
+        assert self._scorer is not None
+        probs = self._scorer.state_probs(task, cluster)
+        up = np.flatnonzero(cluster.available)
+        if self.deterministic:
+            if self._rng.random() < self.explore_epsilon:
+                target, how = int(up[self._rng.integers(0, up.size)]), "explore"
+            else:
+                target, how = int(np.argmax(probs)), "argmax"
+        else:
+            cdf = np.cumsum(probs)
+            target = int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"))
+            if target >= probs.size or probs[target] <= 0.0:
+                target = int(np.argmax(probs))
+            how = "drawn"
+        chosen, most = float(probs[target]), float(probs.max())
+        reason = f"scorer {how} p={chosen:.2f} (max {most:.2f})"
+        return Placement(target, probs, self.policy, reason)
+
     def complete(self, task_id: str, delay_s: float) -> bool:
         """The observed service delay of a task that ran to completion: its reward (−delay).
         False for an unknown id, or a delay that is not a finite number ≥ 0 (dropped)."""
@@ -231,12 +277,20 @@ class ClusterScheduler(HeuristicScheduler):
     def save(self, path: Path) -> bool:
         """Checkpoint a learned policy; False for heuristics (nothing to save).
         ``CheckpointError`` (nothing written) when a weight is NaN/inf."""
+        if self._scorer is not None:
+            self._scorer.save(path)
+            return True
         if self._learned is None:
             return False
         self._learned.save(path)
         return True
 
-    def _warm_start(self, capacities: np.ndarray | None) -> None:
+    def _warm_start(
+        self,
+        capacities: np.ndarray | None,
+        should_stop: Callable[[], bool] | None = None,
+        steps: int | None = None,
+    ) -> None:
         """Clone the greedy rule on synthetic cluster states, so a fresh actor starts sane.
 
         The paper's state carries backlogs in seconds but no server speeds: the actor has to
@@ -267,12 +321,19 @@ class ClusterScheduler(HeuristicScheduler):
         states = np.empty((K, self._learned.layout.state_dim), dtype=np.float32)
         finish = np.empty((K, B))
         for k in range(K):
+            if should_stop is not None and k % 256 == 0 and should_stop():
+                raise WarmStartCancelled("the warm start was stopped")
             cluster = ClusterState(self.self_index, backlog[k], load[k], capacity[k], available[k])
             task = TaskSpec(float(demand[k]), float(size[k]))
             states[k] = self._states(task, cluster)[0]
             finish[k] = estimated_finish_s(task, cluster)
         self._learned.imitate(
-            states, soft_greedy(finish), available, steps=WARM_START_STEPS, lr=1e-2
+            states,
+            soft_greedy(finish),
+            available,
+            steps=WARM_START_STEPS if steps is None else steps,
+            lr=1e-2,
+            should_stop=should_stop,
         )
         if not self._learned.learner.weights_finite():
             raise ConfigurationError("the warm start diverged (NaN/inf weights)")

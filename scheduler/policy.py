@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,18 @@ from dedgeai.scheduler.checkpoints import (
 from dedgeai.scheduler.config import EnvConfig, LearnConfig, Switches
 from dedgeai.scheduler.dqn_ts import DQNTS
 from dedgeai.scheduler.dsac import SACTS, masked_probs
-from dedgeai.scheduler.env import STATE_SCALE_S, state_dim
-from dedgeai.scheduler.errors import CheckpointError, ConfigurationError, CorruptCheckpointError
+from dedgeai.scheduler.env import (
+    DEMAND_GCYCLES_SCALE,
+    STATE_SCALE_S,
+    TASK_MBIT_SCALE,
+    state_dim,
+)
+from dedgeai.scheduler.errors import (
+    CheckpointError,
+    ConfigurationError,
+    CorruptCheckpointError,
+    WarmStartCancelled,
+)
 from dedgeai.scheduler.lad_ts import D2SACTS, LADTS
 from dedgeai.scheduler.learner import SlotLearner, latent_to_memory
 from dedgeai.scheduler.numpy_actor import NumpyActor, latent_to_memory_np
@@ -112,8 +123,8 @@ class OnlinePolicy:
             # One task (the daemon's case): the same numbers in a few NumPy calls.
             B = self.env.n_servers
             out = np.empty((1, self.layout.state_dim), dtype=np.float32)
-            out[0, 0] = float(np.asarray(task_mbit).reshape(-1)[0]) / 5.0
-            out[0, 1] = float(np.asarray(demand_gcycles).reshape(-1)[0]) / 4.0
+            out[0, 0] = float(np.asarray(task_mbit).reshape(-1)[0]) / TASK_MBIT_SCALE
+            out[0, 1] = float(np.asarray(demand_gcycles).reshape(-1)[0]) / DEMAND_GCYCLES_SCALE
             seconds = np.asarray(capacity_ghz, dtype=np.float64) * STATE_SCALE_S
             out[0, 2 : 2 + B] = backlog_gcycles / seconds
             if self.switches.inslot_load_in_state:
@@ -122,7 +133,7 @@ class OnlinePolicy:
         task_mbit = np.atleast_1d(np.asarray(task_mbit, dtype=np.float64))
         demand = np.atleast_1d(np.asarray(demand_gcycles, dtype=np.float64))
         if self.switches.state_scaling:
-            per_task = [task_mbit / 5.0, demand / 4.0]
+            per_task = [task_mbit / TASK_MBIT_SCALE, demand / DEMAND_GCYCLES_SCALE]
             shared = [backlog_gcycles / capacity_ghz / STATE_SCALE_S]
             load = load_gcycles / capacity_ghz / STATE_SCALE_S
         else:
@@ -340,6 +351,12 @@ class OnlinePolicy:
             }
             self.learner.replay.add(torch.zeros(1, dtype=torch.long), **values)
 
+    def set_pacing(self, warmup: int, batch_size: int) -> None:
+        """Take the deployment's warm-up and batch size over the ones a checkpoint was saved
+        with: they pace online learning on this box, they do not shape the networks."""
+        self.learn_cfg = replace(self.learn_cfg, warmup=warmup, batch_size=batch_size)
+        self.learner.cfg = replace(self.learner.cfg, warmup=warmup, batch_size=batch_size)
+
     @property
     def buffered(self) -> int:
         self._flush()
@@ -372,13 +389,15 @@ class OnlinePolicy:
         steps: int = 200,
         batch_size: int = 256,
         lr: float = 3e-3,
+        should_stop: Callable[[], bool] | None = None,
     ) -> float:
         """Behaviour cloning: fit π(·|s) (DQN: softmax of Q) to ``actions`` by cross-entropy.
 
         ``actions``: the teacher's choices [K], or its action probabilities [K, B] (a soft
         teacher). A fresh actor knows nothing; cloning a sound heuristic (the greedy
         earliest-finish rule) first lets online learning start from sensible decisions.
-        Returns the last loss.
+        Returns the last loss. ``should_stop`` is asked before every step; when it says so,
+        :class:`WarmStartCancelled` is raised (an agent stopping during its warm start).
         """
         learner = self.learner
         s = torch.as_tensor(states, dtype=torch.float32)
@@ -398,6 +417,8 @@ class OnlinePolicy:
         loss = torch.tensor(float("nan"))
         noisy = False
         for _ in range(steps):
+            if should_stop is not None and should_stop():
+                raise WarmStartCancelled("the warm start was stopped")
             idx = torch.randint(0, s.shape[0], (min(batch_size, s.shape[0]),), generator=g)
             sb, qb = s[idx][None], target[idx]
             mb = None if allowed is None else allowed[idx][None]
@@ -471,7 +492,8 @@ class OnlinePolicy:
         if n_agents != 1:
             if agent >= n_agents:
                 raise CheckpointError(f"{path}: checkpoint has {n_agents} agents, no agent {agent}")
-            state = select_agent(state, agent, n_agents, switches.memory_per_slot)
+            template = policy.learner.networks_state()
+            state = select_agent(state, agent, n_agents, switches.memory_per_slot, template)
         try:
             policy.learner.load_networks_state(state)
         except (RuntimeError, KeyError) as exc:

@@ -27,6 +27,7 @@ from dedgeai.scheduler.heuristics import (
     Scheduler,
     SlotView,
 )
+from dedgeai.scheduler.stats import percentile
 
 if TYPE_CHECKING:
     import torch
@@ -148,7 +149,7 @@ def run_episode(
         method=method.name,
         episode=index,
         mean_delay_s=float(all_delays.mean()),  # mean over all tasks of the episode (§1.5)
-        p95_delay_s=float(np.percentile(all_delays, 95)),
+        p95_delay_s=percentile(all_delays, 95),
         n_decisions=int(all_delays.size),
         offloaded_fraction=offloaded / all_delays.size,
         seconds=time.perf_counter() - started,

@@ -23,6 +23,9 @@ CAPACITY_RANGE = (1e-3, 1e6)  # steps/s
 MAX_QUEUE_S = 1e5  # (backlog + load) / capacity: about 28 h of work on one server
 MAX_TRANSFER_S = 1e4
 MAX_TASK_MBIT = 1e4
+# Up to this many servers plain Python floats beat NumPy's per-call overhead (measured:
+# tools/bench_twin.py's decision path); beyond it the checks run vectorised.
+PLAIN_FLOAT_SERVERS = 48
 
 
 def _arrays(cluster: ClusterState) -> tuple[np.ndarray, ...]:
@@ -37,6 +40,15 @@ def _arrays(cluster: ClusterState) -> tuple[np.ndarray, ...]:
 def state_problems(cluster: ClusterState) -> list[str]:
     """Each out-of-bounds value, described (``server 2: backlog_steps nan``); [] when sane."""
     lo, hi = CAPACITY_RANGE
+    if len(cluster.backlog_steps) > PLAIN_FLOAT_SERVERS:  # the twin's large clusters: vectorised
+        b, load, c, t = _arrays(cluster)
+        with np.errstate(all="ignore"):
+            sane = (
+                (b >= 0) & (b <= MAX_WORK_STEPS) & (load >= 0) & (load <= MAX_WORK_STEPS)
+                & (c >= lo) & (c <= hi) & (b + load <= MAX_QUEUE_S * c)
+                & (t >= 0) & (t <= MAX_TRANSFER_S)
+            )  # fmt: skip
+        return [] if bool(sane.all()) else state_faults(cluster)[1]
     # The daemon's case, per server in plain floats: faster than NumPy on a few servers.
     # NaN fails every comparison.
     backlog = np.asarray(cluster.backlog_steps, dtype=np.float64).tolist()

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dedgeai.scheduler.online import ClusterState, TaskSpec
+from dedgeai.scheduler.stats import percentile
 from dedgeai.scheduler.twin_scenarios import Scenario, arrivals
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ class TwinResult:
         return float(self.delay_s[self.counted].mean())
 
     def percentile_s(self, q: float) -> float:
-        return float(np.percentile(self.delay_s[self.counted], q))
+        return percentile(self.delay_s[self.counted], q)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,8 @@
 - ``Stealing(base)``: ``base`` places; an idle box pulls the last queued task of the most
   backlogged peer it knows (``steal`` = local placement + stealing: pure late binding).
 - ``Omniscient``: central earliest finish on the exact instant state (twin only): the ideal.
+- ``Scorer``: ``lad-scorer``, the per-server LAD actor of ``lad_scorer.py`` (shared weights,
+  any N), warm-started on soft-greedy; ``lad-scorer-pod<d>`` decides on the probed state.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from dedgeai.scheduler.checkpoints import StateLayout
-from dedgeai.scheduler.env import STATE_SCALE_S, state_dim
+from dedgeai.scheduler.env import (
+    DEMAND_GCYCLES_SCALE,
+    STATE_SCALE_S,
+    TASK_MBIT_SCALE,
+    state_dim,
+)
+from dedgeai.scheduler.lad_scorer import LADScorer, features
 from dedgeai.scheduler.numpy_actor import NumpyActor
 from dedgeai.scheduler.online import (
     DENSITY_GCYCLES_PER_STEP,
@@ -44,10 +52,10 @@ TINY = 1e-30  # memory entries below this are stored as 0 (no float32 denormals)
 TWIN_POLICIES = (
     *POLICIES,
     "soft-greedy",
-    "pod2",
     "steal",
     "greedy+steal",
     "omniscient",
+    "lad-scorer",
 )
 
 
@@ -240,9 +248,9 @@ class Fleet(Policy):
         seconds = np.maximum(cap, 1e-9) * STATE_SCALE_S
         out = np.empty((K, 2 + 2 * N), dtype=np.float32)
         ids = tasks.tolist()
-        out[:, 0] = np.asarray([twin.t_size[k] for k in ids]) / 5.0
+        out[:, 0] = np.asarray([twin.t_size[k] for k in ids]) / TASK_MBIT_SCALE
         rho = DENSITY_GCYCLES_PER_STEP
-        out[:, 1] = np.asarray([twin.t_demand[k] for k in ids]) * rho / 4.0
+        out[:, 1] = np.asarray([twin.t_demand[k] for k in ids]) * rho / DEMAND_GCYCLES_SCALE
         np.divide(backlog, seconds, out=out[:, 2 : 2 + N])
         np.divide(load, seconds, out=out[:, 2 + N :])
         return out, ok
@@ -316,6 +324,65 @@ class Fleet(Policy):
         return targets
 
 
+_WARM_SCORERS: dict[int, LADScorer] = {}
+
+
+def warm_scorer(seed: int = 0) -> LADScorer:
+    """A fresh ``LADScorer`` warm-started on the paper's relative spread (memoised per seed:
+    the clone takes seconds and does not depend on the cluster's size)."""
+    if seed not in _WARM_SCORERS:
+        scorer = LADScorer(seed=seed)
+        scorer.warm_start()
+        _WARM_SCORERS[seed] = scorer
+    return _WARM_SCORERS[seed]
+
+
+class Scorer(Policy):
+    """``lad-scorer``: every box decides with one ``LADScorer`` (π of the chain's mean path,
+    drawn per task as the daemon's ``mean_path``); ``batched`` decides a window at once."""
+
+    def __init__(self, scorer: LADScorer, seed: int = 0, batched: bool = False, d: int = 0):
+        self.scorer, self.batched, self.probes = scorer, batched, d
+        self.name = "lad-scorer" + (f"-pod{d}" if d else "")
+        self.rng = np.random.default_rng([seed, 0x5C0E])
+
+    def _draw(self, probs: np.ndarray) -> np.ndarray:
+        cdf = np.cumsum(probs, axis=1)
+        u = self.rng.random(probs.shape[0]) * cdf[:, -1]
+        targets = np.count_nonzero(cdf <= u[:, None], axis=1)
+        bad = targets >= probs.shape[1]
+        bad[~bad] = probs[np.flatnonzero(~bad), targets[~bad]] <= 0.0
+        targets[bad] = np.argmax(probs[bad], axis=1)  # rounding past the end, or masked
+        return targets
+
+    def place(self, twin: Twin, origin: int, task: int, now: float) -> int:
+        return int(self.place_batch(twin, np.array([origin]), np.array([task]), now)[0])
+
+    def probs_batch(
+        self, twin: Twin, origins: np.ndarray, tasks: np.ndarray, now: float
+    ) -> np.ndarray:
+        """π [K, N] on each decider's view (``view_batch``, transfers as ``view_state``)."""
+        backlog, load, cap, ok = twin.view_batch(origins, tasks, now)
+        size = np.array([twin.t_size[k] for k in tasks.tolist()])
+        demand = np.array([twin.t_demand[k] for k in tasks.tolist()])
+        transfer = np.where(ok, twin.rtt + size[:, None] / twin.sc.link_mbit_per_s, 0.0)
+        transfer[np.arange(origins.size), origins] = 0.0
+        phi, _ = features(demand, size, backlog, load, cap, ok, transfer, origins)
+        return self.scorer.probs(phi, ok)
+
+    def place_batch(
+        self, twin: Twin, origins: np.ndarray, tasks: np.ndarray, now: float
+    ) -> np.ndarray:
+        return self._draw(self.probs_batch(twin, origins, tasks, now))
+
+    def place_probed(
+        self, twin: Twin, origin: int, task: int, probed: np.ndarray, now: float
+    ) -> int:
+        state = twin.exact_state(origin, task, probed, now)
+        probs = self.scorer.state_probs(twin.task_spec(task), state)
+        return int(self._draw(probs[None])[0])
+
+
 def make_policy(
     name: str, checkpoints: dict[str, Path] | None = None, seed: int = 0, batched: bool = True
 ) -> Policy:
@@ -333,6 +400,13 @@ def make_policy(
         return SoftGreedy(seed=seed)
     if name.startswith("pod") and name[3:].isdigit():
         return PowerOfD(int(name[3:]))
+    if name.startswith("lad-scorer"):
+        d = name.removeprefix("lad-scorer").removeprefix("-pod")
+        if d and not d.isdigit():
+            raise ValueError(f"unknown twin policy {name!r}")
+        path = (checkpoints or {}).get("lad-scorer")
+        scorer = LADScorer.load(path) if path is not None else warm_scorer()
+        return Scorer(scorer, seed, batched=batched and not d, d=int(d or 0))
     base, _, d = name.rpartition("-pod")
     if base and d.isdigit():
         path = (checkpoints or {}).get(base)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,7 @@ def train_in_twin(
     train_steps_per_box_s: float = 2.0,
     learn_config: LearnConfig | None = None,
     cache_dir: Path | None = None,
+    on_segment: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Path, TrainStats]:
     """Train ``method`` on ``hours`` of simulated traffic of ``scenario``'s cluster.
 
@@ -133,8 +135,10 @@ def train_in_twin(
         start: a checkpoint to continue from; by default the daemon's warm start.
         train_steps_per_box_s: updates per box per simulated second (the agent's
             ``train_steps_per_s``).
-        learn_config: for a fresh actor only; a checkpoint keeps the settings it was saved
-            with (``ClusterScheduler`` loads them), as the agent does today.
+        on_segment: called with each segment's statistics as it ends (a progress bar).
+        learn_config: a fresh actor's settings; from a checkpoint, only its warm-up and
+            batch size are taken (the pacing, as the agent's ``learn_warmup`` does), the rest
+            is the checkpoint's own.
 
     Returns:
         The checkpoint path, and per-segment statistics (mean delay, rewards, updates).
@@ -150,7 +154,7 @@ def train_in_twin(
         seed=seed,
         checkpoint=start,
         learn=True,
-        learn_config=learn_config or LearnConfig(),
+        learn_config=learn_config,  # None: a checkpoint keeps its own pacing
         **_daemon_kwargs(method),  # type: ignore[arg-type]
     )
     learner = Learner(scheduler, train_steps_per_box_s)
@@ -175,6 +179,8 @@ def train_in_twin(
             }
         )
         segment += 1
+        if on_segment is not None:
+            on_segment(stats.segments[-1])
     out.parent.mkdir(parents=True, exist_ok=True)
     scheduler.save(out)
     stats.rewards = learner.rewards

@@ -14,6 +14,8 @@ import textwrap
 
 import pytest
 
+from dedgeai.agent.lab.harness import AgentProcess
+
 HEAVY = ("torch", "diffusers", "transformers", "matplotlib")
 REPORT = f"""
 import json, sys
@@ -59,6 +61,53 @@ def test_client_commands_and_their_help_stay_light():
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output, (args, result.output)
+    """
+    assert heavy_after(script) == []
+
+
+def test_version_stays_light():
+    script = """
+    from typer.testing import CliRunner
+    from dedgeai.agent.client.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("dedgeai "), result.output
+    """
+    assert heavy_after(script) == []
+
+
+def test_status_against_an_agent_stays_light(tmp_path):
+    """``dedgeai status`` for real (an agent subprocess): no torch & co, and no asyncio either
+    (the ZAP authenticator thread and pyzmq's monitor helper pull it in: agent side only)."""
+    agent = AgentProcess(tmp_path, policy="local").start()
+    try:
+        script = f"""
+        import sys
+        from typer.testing import CliRunner
+        from dedgeai.agent.client.cli import app
+
+        result = CliRunner().invoke(app, ["status", "--agent", {agent.endpoint!r}])
+        assert result.exit_code == 0, result.output
+        assert {agent.endpoint!r} in result.output, result.output
+        assert "asyncio" not in sys.modules
+        """
+        assert heavy_after(script) == []
+    finally:
+        agent.close()
+
+
+def test_the_demo_client_stays_light():
+    """The demo's own process only talks to its agents: no torch (the tiny model's note too)."""
+    script = """
+    import io
+    from rich.console import Console
+    from dedgeai.agent.lab.demo import DemoOptions, agent_settings, render_table
+    from dedgeai.agent.lab.load import Outcome
+
+    options = DemoOptions()
+    agent_settings(options)
+    table = render_table([Outcome(0, "t", "agent-0", 3)], ["a dog"], options, "loading")
+    Console(file=io.StringIO()).print(table)
     """
     assert heavy_after(script) == []
 

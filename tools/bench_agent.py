@@ -1,7 +1,8 @@
 """Benchmark one agent on loopback: submit round trip, status rate under load, overhead.
 
-Starts real agent processes (``python -m dedgeai.agent``) in a temporary directory and
-measures, from one client:
+Starts real agents (``python -m dedgeai.agent``, launched by the shared harness
+``dedgeai.agent.lab.harness.AgentProcess``, with the default scheduling policy) in a
+temporary directory and measures, from one client:
   * a raw pyzmq round trip to an echo ROUTER in another process (the floor, for scale)
   * submit -> accepted round trip (median, p99), journal_sync "normal" and "full" side by side
   * status requests per second while a task is running (emulated and tiny backends)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -27,11 +29,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent.client.library import AgentClient
+from dedgeai.agent.lab.harness import AgentProcess
+from dedgeai.agent.node.config import KEYS
 from dedgeai.models.backend import GenerationRequest
+from dedgeai.scheduler.stats import percentile
 
 TARGETS = {"submit_median_ms": 0.5, "submit_p99_ms": 3.0, "status_per_s": 3000.0,
            "overhead_median_ms": 10.0}  # fmt: skip
+DEFAULT_POLICY = next(k.default for k in KEYS if k.name == "policy")
+STOP_TIMEOUT_S = 60.0  # torch teardown on 2 loaded cores can take 15+ s
+CLIENT_TIMEOUT_S = 30.0
 ECHO_SERVER = """
 import sys, zmq
 router = zmq.Context().socket(zmq.ROUTER)
@@ -54,40 +61,23 @@ class Scenario:
     target: str = ""
 
 
-def _pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+# The agent as a service would run it (info logs, the default telemetry interval, the
+# default policy); the harness's own defaults suit tests (debug logs, fast telemetry).
+AGENT_DEFAULTS: dict[str, Any] = {"log_level": "info", "telemetry_interval_s": 1.0,
+                                  "max_queue": 1_000_000}  # fmt: skip
 
 
-class Agent:
-    def __init__(self, root: Path, **settings: Any) -> None:
-        self.dir = root / f"agent-{len(list(root.iterdir()))}"
-        self.dir.mkdir()
-        config = {"endpoint": "tcp://127.0.0.1:*", "state_dir": str(self.dir / "state"),
-                  "max_queue": 1_000_000, **settings}  # fmt: skip
-        lines = [f"{k} = {json.dumps(v)}" for k, v in config.items()]
-        (self.dir / "agent.toml").write_text("\n".join(lines) + "\n")
-        self.log = open(self.dir / "agent.log", "wb")  # noqa: SIM115 - lives as long as the agent
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dedgeai.agent", "--config", str(self.dir / "agent.toml")],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        marker = self.dir / "state" / "agent.endpoint"
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((self.dir / "agent.log").read_text())
-            time.sleep(0.05)
-        self.endpoint = marker.read_text().strip()
+def start_agent(root: Path, **settings: Any) -> AgentProcess:
+    """One agent from the shared harness, in its own directory under ``root``."""
+    directory = root / f"agent-{len(list(root.iterdir()))}"
+    return AgentProcess(directory, **{**AGENT_DEFAULTS, **settings}).start()
 
-    def client(self) -> AgentClient:
-        return AgentClient(self.endpoint, timeout_s=30.0)
 
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-        self.log.close()
+def stop_agent(agent: AgentProcess) -> None:
+    try:
+        agent.stop(timeout_s=STOP_TIMEOUT_S)
+    finally:
+        agent.close()
 
 
 def bench_raw(rounds: int) -> Scenario:
@@ -117,27 +107,28 @@ def bench_raw(rounds: int) -> Scenario:
         server.wait(timeout=10)
     scenario = Scenario("raw pyzmq round trip (scale)", "median_ms", {"rounds": rounds})
     scenario.value = statistics.median(samples) * 1e3
-    scenario.extra = {"p99_ms": _pct(samples, 0.99) * 1e3}
+    scenario.extra = {"p99_ms": percentile(samples, 99) * 1e3}
     scenario.target = "(the floor)"
     return scenario
 
 
 def bench_submit(root: Path, sync: str, rounds: int) -> Scenario:
-    agent = Agent(root, model="emulated", emulated_steps_per_second=1e6, journal_sync=sync)
+    agent = start_agent(root, model="emulated", emulated_steps_per_second=1e6, journal_sync=sync)
     request = GenerationRequest(prompt="a small boat", steps=1, width=256, height=256)
     samples: list[float] = []
     try:
-        with agent.client() as client:
+        with agent.client(timeout_s=CLIENT_TIMEOUT_S) as client:
             for i in range(rounds + 200):
                 started = time.perf_counter()
                 client.submit(request, wait=False)
                 if i >= 200:  # warm-up rounds excluded
                     samples.append(time.perf_counter() - started)
     finally:
-        agent.close()
-    scenario = Scenario(f"submit->accepted ({sync})", "median_ms", {"sync": sync, "rounds": rounds})
+        stop_agent(agent)
+    settings = {"sync": sync, "rounds": rounds, "policy": DEFAULT_POLICY}
+    scenario = Scenario(f"submit->accepted ({sync}, {DEFAULT_POLICY})", "median_ms", settings)
     scenario.value = statistics.median(samples) * 1e3
-    scenario.extra = {"p99_ms": _pct(samples, 0.99) * 1e3, "max_ms": max(samples) * 1e3}
+    scenario.extra = {"p99_ms": percentile(samples, 99) * 1e3, "max_ms": max(samples) * 1e3}
     median, p99 = TARGETS["submit_median_ms"], TARGETS["submit_p99_ms"]
     scenario.target = f"median <= {median:g} ms, p99 <= {p99:g} ms"
     return scenario
@@ -147,9 +138,9 @@ def bench_status(root: Path, model: str, seconds: float) -> Scenario:
     settings: dict[str, Any] = {"model": model, "profile_sizes": ["256x256"], "profile_steps": 1}
     if model == "emulated":
         settings["emulated_steps_per_second"] = 5.0
-    agent = Agent(root, **settings)
+    agent = start_agent(root, **settings)
     try:
-        with agent.client() as client:
+        with agent.client(timeout_s=CLIENT_TIMEOUT_S) as client:
             # About 10 s on the tiny model on 2 CPU cores, 20 s emulated: outlasts the window.
             big = GenerationRequest(prompt="a long task", steps=100, width=1024, height=1024)
             client.submit(big)
@@ -165,7 +156,7 @@ def bench_status(root: Path, model: str, seconds: float) -> Scenario:
             elapsed = time.perf_counter() - started
             still = client.status()["queue"]["running"] is not None
     finally:
-        agent.close()
+        stop_agent(agent)
     scenario = Scenario(f"status while running ({model})", "per_s", {"model": model})
     scenario.value = count / elapsed
     scenario.extra = {"requests": count, "task_still_running": float(still)}
@@ -174,11 +165,13 @@ def bench_status(root: Path, model: str, seconds: float) -> Scenario:
 
 
 def bench_overhead(root: Path, tasks: int) -> Scenario:
-    agent = Agent(root, model="tiny", device="cpu", profile_sizes=["256x256"], profile_steps=1)
+    agent = start_agent(
+        root, model="tiny", device="cpu", profile_sizes=["256x256"], profile_steps=1
+    )
     request = GenerationRequest(prompt="a lighthouse at dusk", steps=2, width=256, height=256)
     overheads, backend = [], []
     try:
-        with agent.client() as client:
+        with agent.client(timeout_s=CLIENT_TIMEOUT_S) as client:
             for i in range(tasks + 2):
                 started = time.perf_counter()
                 _accepted, done = client.generate(request)
@@ -187,10 +180,10 @@ def bench_overhead(root: Path, tasks: int) -> Scenario:
                     overheads.append(total - done.get("timings")["backend_s"])
                     backend.append(done.get("timings")["backend_s"])
     finally:
-        agent.close()
+        stop_agent(agent)
     scenario = Scenario("agent overhead (tiny 256x256, 2 steps)", "median_ms", {"tasks": tasks})
     scenario.value = statistics.median(overheads) * 1e3
-    scenario.extra = {"p90_ms": _pct(overheads, 0.9) * 1e3,
+    scenario.extra = {"p90_ms": percentile(overheads, 90) * 1e3,
                       "backend_median_ms": statistics.median(backend) * 1e3}  # fmt: skip
     scenario.target = "median <= 10 ms"
     return scenario
@@ -222,7 +215,7 @@ def main() -> None:
     Console(width=120).print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"python": platform.python_version(), "machine": platform.machine(),
-               "cpus": __import__("os").cpu_count()}  # fmt: skip
+               "cpus": os.cpu_count(), "load_avg": os.getloadavg()}  # fmt: skip
     args.out.write_text(json.dumps({"machine": machine,
                                     "scenarios": [asdict(s) for s in scenarios]}, indent=2))  # fmt: skip
     print(f"wrote {args.out}")

@@ -33,12 +33,12 @@ from rich.console import Console
 from rich.table import Table
 
 from dedgeai.agent.lab.harness import ClusterError, LocalCluster, supports
-from dedgeai.agent.lab.load import Arrival, Replayer, percentile, poisson_trace, summarise
+from dedgeai.agent.lab.load import Arrival, Replayer, poisson_trace, summarise
+from dedgeai.scheduler.policy_names import LEARNED, POLICIES
+from dedgeai.scheduler.stats import percentile
 
 CAPACITIES = (50, 25, 18, 32, 28, 21, 50, 17)  # the paper's first eight (relative, 10-50)
-POLICIES = ("lad", "sac", "dqn", "greedy", "least-loaded", "round-robin", "random", "local")
-LEARNED = ("lad", "sac", "dqn")
-QUICK_POLICIES = ("lad", "greedy", "local")
+QUICK_POLICIES = ("lad", "pod2", "greedy", "local")
 LOADS = (0.6, 0.9, 1.2)
 STEPS = (10, 19)
 TARGET_VS_LOCAL = 0.75
@@ -49,7 +49,7 @@ log = Console(stderr=True)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test: 3 policies, 1 load")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 4 policies, 1 load")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_cluster"))
     parser.add_argument("--duration", type=float, help="seconds of arrivals per trace")
     parser.add_argument("--scale", type=float, default=0.4, help="steps/s per capacity unit")

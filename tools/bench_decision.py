@@ -13,12 +13,10 @@ state building + policy decision in ``Cluster.place``) from ``status``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import random
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,19 +28,13 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent.client.library import AgentClient
+from dedgeai.agent.lab.harness import HOST, AgentProcess, cluster_view, free_ports, wait_for
 from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
+from dedgeai.scheduler.policy_names import POLICIES
 
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+AGENT_STEPS_PER_S = 100000.0  # the emulated backend: tasks leave the queue at once
+READY_TIMEOUT_S = 120.0  # every fake peer up and the policy ready (lad warms up first)
 
 
 def _fake_peers(endpoints: list[str], stop: threading.Event) -> None:
@@ -71,7 +63,8 @@ def _fake_peers(endpoints: list[str], stop: threading.Event) -> None:
                     "backlog_steps": rng.uniform(0, 200),
                     "backlog_s": None,
                     "interval_load_steps": rng.uniform(0, 20),
-                    "capacity_steps_per_s": 10.0 + 5 * i,
+                    # near the agent's own speed: gossip sanity drops a peer 1000x slower
+                    "capacity_steps_per_s": AGENT_STEPS_PER_S * (0.5 + 0.1 * i),
                     "accepting": True,
                     "echo_sent_at": msg["sent_at"],
                 }
@@ -87,40 +80,45 @@ def _fake_peers(endpoints: list[str], stop: threading.Event) -> None:
 
 def measure(policy: str, n_peers: int, tasks: int, interval_s: float) -> dict:
     """One fresh agent with ``n_peers`` fake peers: its decision times over ``tasks`` submits."""
-    ports = _free_ports(n_peers + 1)
-    me, peers = f"tcp://127.0.0.1:{ports[0]}", [f"tcp://127.0.0.1:{q}" for q in ports[1:]]
+    peers = [f"tcp://{HOST}:{port}" for port in free_ports(n_peers)]
     stop = threading.Event()
-    threading.Thread(target=_fake_peers, args=(peers, stop), daemon=True).start()
+    fakes = threading.Thread(target=_fake_peers, args=(peers, stop), daemon=True)
+    fakes.start()
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "agent.toml"
-        config.write_text(
-            f'endpoint = "{me}"\nstate_dir = "{tmp}/state"\nmodel = "emulated"\n'
-            f'emulated_steps_per_second = 100000.0\npolicy = "{policy}"\n'
-            f"peers = {json.dumps(peers)}\ngossip_interval_s = 0.5\nmax_queue = 100000\n"
-            'log_level = "warning"\n'
+        agent = AgentProcess(
+            Path(tmp),
+            emulated_steps_per_second=AGENT_STEPS_PER_S,
+            policy=policy,
+            peers=peers,
+            gossip_interval_s=0.5,
+            telemetry_interval_s=1.0,
+            max_queue=100000,
+            log_level="warning",
         )
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "dedgeai.agent", "--config", str(config)]
-        proc = subprocess.Popen(cmd, env=env)
+        agent.env = {"OMP_NUM_THREADS": "1"}
+
+        def ready() -> bool:
+            cluster = cluster_view(agent)
+            up = [s for s in cluster["servers"] if s["state"] == "up"]
+            return len(up) == n_peers + 1 and cluster["scheduler"]["ready"]
+
         try:
-            with AgentClient(me, timeout_s=30.0) as client:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    cluster = client.status()["cluster"]
-                    up = [s for s in cluster["servers"] if s["state"] == "up"]
-                    if len(up) == n_peers + 1 and cluster["scheduler"]["ready"]:
-                        break
-                    time.sleep(0.2)
+            agent.start()
+            wait_for(ready, READY_TIMEOUT_S, f"{n_peers} fake peers up, {policy} ready", 0.2)
+            with agent.client(timeout_s=30.0) as client:
                 request = GenerationRequest(prompt="bench", steps=10, width=512, height=512)
                 for _ in range(tasks):
                     client.submit(request, wait=False)
                     if interval_s:
-                        time.sleep(interval_s)
+                        time.sleep(interval_s)  # the pace of the submits, not a wait
                 cluster = client.status()["cluster"]
         finally:
-            proc.terminate()
-            proc.wait(30)
+            if agent.proc is not None and agent.proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    agent.stop(timeout_s=30.0)
+            agent.close()
             stop.set()
+            fakes.join(5.0)
     return {
         "policy": policy,
         "servers": cluster["n_servers"],
@@ -133,7 +131,7 @@ def measure(policy: str, n_peers: int, tasks: int, interval_s: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policies", nargs="+", default=["lad", "greedy"])
+    parser.add_argument("--policies", nargs="+", choices=POLICIES, default=["lad", "greedy"])
     parser.add_argument("--peers", type=int, default=8)
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument(

@@ -37,6 +37,7 @@ from rich.table import Table
 
 from dedgeai.agent.node import protocol as p
 from dedgeai.models.backend import GenerationRequest
+from dedgeai.scheduler.stats import percentile
 
 # --- the msgspec variant --------------------------------------------------------------
 
@@ -234,7 +235,7 @@ def measure(scenario: Scenario, frames: list[bytes], rounds: int, calls: int) ->
     timer = timeit.Timer(lambda: scenario.run(frames))
     timer.timeit(calls // 4 or 1)  # warm-up: caches, allocator, regex compilation
     per_call = sorted(t / calls * 1e6 for t in timer.repeat(rounds, calls))
-    p10, p90 = (per_call[round(q * (len(per_call) - 1))] for q in (0.1, 0.9))  # nearest rank
+    p10, p90 = (percentile(per_call, q) for q in (10, 90))
     return Row(scenario.message, scenario.variant, len(frames[0]), calls * rounds,
                round(statistics.median(per_call), 3), round(p10, 3), round(p90, 3))  # fmt: skip
 

@@ -27,7 +27,6 @@ import selectors
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,6 +40,7 @@ from rich.table import Table
 
 from dedgeai.agent.client.library import AgentClient
 from dedgeai.agent.errors import DedgeaiError
+from dedgeai.agent.lab.harness import AgentProcess
 from dedgeai.agent.security.curve import HANDSHAKE_IVL_MS, ClientSecurity
 from dedgeai.agent.security.keys import AUTHORIZED_DIR, authorize, generate_keypair
 
@@ -82,71 +82,61 @@ class Scenario:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Agent:
+class Agent(AgentProcess):
     """One agent process under an fd limit; its client is authorized when CURVE is on."""
 
     def __init__(self, root: Path, curve: bool, nofile: int) -> None:
-        self.dir, self.curve, self.nofile = root, curve, nofile
         root.mkdir(parents=True)
-        keys_dir = root / "keys"
+        self.curve, self.nofile = curve, nofile
         self.security: ClientSecurity | None = None
+        super().__init__(root, policy="local", log_level="info", telemetry_interval_s=1.0)
         if curve:
-            own = generate_keypair(keys_dir)
+            own = generate_keypair(root / "keys")
             operator = generate_keypair(root / "operator")
-            authorize(keys_dir / AUTHORIZED_DIR, operator.public_path, "operator")
+            authorize(root / "keys" / AUTHORIZED_DIR, operator.public_path, "operator")
             self.security = ClientSecurity(own.public, operator)
-        config = {"endpoint": "tcp://127.0.0.1:*", "state_dir": str(root / "state"),
-                  "model": "emulated", "policy": "local", "keys_dir": str(keys_dir),
-                  "log_level": "info", "telemetry_interval_s": 1.0}  # fmt: skip
-        (root / "agent.toml").write_text(
-            "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items())
-        )
-        self.log = open(root / "agent.log", "wb")  # noqa: SIM115 - lives as long as the agent
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dedgeai.agent", "--config", str(root / "agent.toml")],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=self._limit,  # only setrlimit: safe before exec
-        )
-        marker = root / "state" / "agent.endpoint"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not marker.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((root / "agent.log").read_text())
-            time.sleep(0.05)
-        self.endpoint = marker.read_text().strip()
+        self.preexec = self._limit  # only setrlimit: safe before exec
+        self.address = ("", 0)
+        self.process: psutil.Process | None = None
+
+    def start(self, timeout_s: float = START_TIMEOUT_S, **changes: Any) -> Agent:
+        super().start(timeout_s, **changes)
         host, port = self.endpoint.rsplit("/", 1)[1].rsplit(":", 1)
         self.address = (host, int(port))
+        assert self.proc is not None
         self.process = psutil.Process(self.proc.pid)
+        return self
 
     def _limit(self) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
-    def client(self, timeout_s: float) -> AgentClient:
-        return AgentClient(self.endpoint, timeout_s=timeout_s, retries=1, security=self.security)
+    def client(self, timeout_s: float = 5.0, retries: int = 1) -> AgentClient:
+        return AgentClient(
+            self.endpoint, timeout_s=timeout_s, retries=retries, security=self.security
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def fds(self) -> int:
         try:
-            return self.process.num_fds()
+            return self.process.num_fds() if self.process else -1
         except psutil.Error:
             return -1
 
     def cpu_s(self) -> float:
         try:
-            times = self.process.cpu_times()
+            times = self.process.cpu_times() if self.process else None
         except psutil.Error:
-            return float("nan")
-        return times.user + times.system
+            times = None
+        return float("nan") if times is None else times.user + times.system
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+        """SIGTERM and a grace period, then what ``AgentProcess.close`` does (SIGKILL)."""
+        if self.alive():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.stop(timeout_s=20.0)
+        super().close()
 
 
 class HalfOpenHolder:
@@ -259,7 +249,7 @@ def _rounds(
 def _settle(agent: Agent, baseline: int) -> int:
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     fds = agent.fds()
-    while fds > baseline + 8 and time.monotonic() < deadline and agent.proc.poll() is None:
+    while fds > baseline + 8 and time.monotonic() < deadline and agent.alive():
         time.sleep(0.2)
         fds = agent.fds()
     return fds
@@ -269,6 +259,7 @@ def run_scenario(root: Path, name: str, curve: bool, nofile: int, args: Any) -> 
     scenario = Scenario(name, curve, nofile, args.connections, args.rounds)
     agent = Agent(root / name, curve, nofile)
     try:
+        agent.start()
         _rounds(agent, 5, args.timeout)  # warm-up: imports, first handshakes
         scenario.fds_before = agent.fds()
         holder = HalfOpenHolder(agent.address, args.connections)
@@ -285,7 +276,7 @@ def run_scenario(root: Path, name: str, curve: bool, nofile: int, args: Any) -> 
         scenario.closed_by_agent = holder.closed_by_agent
         scenario.connect_errors = holder.connect_errors
         scenario.fds_after = _settle(agent, scenario.fds_before)
-        scenario.agent_alive = agent.proc.poll() is None
+        scenario.agent_alive = agent.alive()
         if new:
             scenario.new_median_ms = statistics.median(new) * 1e3
             scenario.new_max_ms = max(new) * 1e3
@@ -300,8 +291,8 @@ def run_scenario(root: Path, name: str, curve: bool, nofile: int, args: Any) -> 
         scenario.extra = {"handshake_ivl_ms": HANDSHAKE_IVL_MS, "client_timeout_s": args.timeout,
                           "hold_s": args.hold, "connect_errors": holder.connect_errors}  # fmt: skip
         if not scenario.agent_alive:
-            scenario.extra["agent_exit_code"] = agent.proc.returncode
-            scenario.extra["agent_log_tail"] = (root / name / "agent.log").read_text()[-2000:]
+            scenario.extra["agent_exit_code"] = agent.proc.returncode if agent.proc else None
+            scenario.extra["agent_log_tail"] = agent.log()[-2000:]
     finally:
         agent.close()
     return scenario

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 
 from dedgeai.agent.exit_codes import ExitCode
-
-POLICIES = ("lad", "sac", "dqn", "greedy", "least-loaded", "round-robin", "random", "local")
+from dedgeai.models import sizes
+from dedgeai.scheduler.policy_names import DEFAULT_POLICY, LEARNED, POLICIES
 
 
 def parse_steps(text: str) -> tuple[int, int]:
@@ -31,14 +31,11 @@ def parse_steps(text: str) -> tuple[int, int]:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``WxH``, multiples of 16 in 256-2048."""
-    width, sep, height = text.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        raise typer.BadParameter(f"use WxH such as 256x256, got {text!r}", param_hint="--size")
-    w, h = int(width), int(height)
-    if not all(v % 16 == 0 and 256 <= v <= 2048 for v in (w, h)):
-        raise typer.BadParameter(f"multiples of 16 in 256-2048, got {text!r}", param_hint="--size")
-    return w, h
+    """``WxH`` (models/sizes.py), as the ``--size`` option's error."""
+    try:
+        return sizes.parse_size(text)
+    except sizes.SizeError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--size") from None
 
 
 def demo(
@@ -56,10 +53,10 @@ def demo(
     policy: Annotated[
         str,
         typer.Option(
-            help=", ".join(POLICIES) + ". A learned one (lad, sac, dqn) warms up in the "
-            "background: greedy decides until it is ready, and the table says so."
+            help=", ".join(POLICIES) + f". A learned one ({', '.join(LEARNED)}) warms up in "
+            "the background: greedy decides until it is ready, and the table says so."
         ),
-    ] = "lad",
+    ] = DEFAULT_POLICY,
     steps: Annotated[
         str | None,
         typer.Option(help="Denoising steps per task, N or LOW-HIGH [default: 2-4; EMULATED 10-19]"),

@@ -12,15 +12,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dedgeai.agent.exit_codes import ExitCode
+from dedgeai.agent.exit_codes import ExitCode, exit_code_of
 from dedgeai.models.backend import GenerationRequest
-from dedgeai.models.errors import (
-    GenerationCancelled,
-    InvalidRequest,
-    ModelError,
-    PlacementError,
-    WeightsError,
-)
+from dedgeai.models.errors import InvalidRequest, ModelError
+from dedgeai.models.sizes import SizeError, parse_size
 
 if TYPE_CHECKING:
     from dedgeai.models.components import SD3Configs
@@ -76,10 +71,10 @@ def _fail(message: str, code: ExitCode) -> typer.Exit:
 
 
 def _parse_size(size: str) -> tuple[int, int]:
-    parts = size.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise _fail(f"--size must look like 1024x1024, got {size!r}", ExitCode.BAD_INPUT)
-    return int(parts[0]), int(parts[1])
+    try:
+        return parse_size(size)
+    except SizeError as exc:
+        raise _fail(f"--size: {exc}", ExitCode.BAD_INPUT) from None
 
 
 def _parse_budget(budget: str | None) -> int | None:
@@ -135,12 +130,8 @@ def generate(
 
             result = backend.generate(request, on_step)
         backend.close()
-    except (InvalidRequest, WeightsError, PlacementError) as exc:
-        raise _fail(str(exc), ExitCode.BAD_INPUT) from None
-    except GenerationCancelled as exc:
-        raise _fail(str(exc), ExitCode.TASK_FAILED) from None
-    except ModelError as exc:
-        raise _fail(str(exc), ExitCode.INTERNAL) from None
+    except ModelError as exc:  # bad input, weights or budget: 2; cancelled: 4; else 1
+        raise _fail(str(exc), exit_code_of(exc)[1]) from None
     try:
         out.write_bytes(result.png)
     except OSError as exc:
@@ -228,9 +219,10 @@ def plan(
         from dedgeai.models.sd3_backend import make_plan
 
         chosen = make_plan(configs, target, budget_bytes, (width, height), placement)
-    except PlacementError as exc:
-        raise _fail(f"does not fit: {exc}", ExitCode.BAD_INPUT) from None
-    except (InvalidRequest, WeightsError, ValueError) as exc:
+    except ModelError as exc:
+        label, code = exit_code_of(exc)
+        raise _fail(f"{label}: {exc}" if label != "error" else str(exc), code) from None
+    except ValueError as exc:
         raise _fail(str(exc), ExitCode.BAD_INPUT) from None
     console.print(str(chosen), highlight=False)
     peak, room = chosen.predicted_peak_bytes / GIB, budget_bytes / GIB

@@ -16,7 +16,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from dedgeai.agent.exit_codes import ExitCode
+from dedgeai.agent.exit_codes import ExitCode, exit_code_of
 from dedgeai.scheduler.config import PRESETS, Preset, Switches, get_preset
 from dedgeai.scheduler.errors import SchedulerError
 
@@ -62,9 +62,9 @@ RefOpt = Annotated[
 ]
 
 
-def _fail(message: str) -> typer.Exit:
+def _fail(message: str, code: ExitCode = ExitCode.BAD_INPUT) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=ExitCode.BAD_INPUT)
+    return typer.Exit(code=code)
 
 
 def _check(episodes: int, preset: str, servers: int | None) -> Preset:
@@ -73,7 +73,7 @@ def _check(episodes: int, preset: str, servers: int | None) -> Preset:
     try:
         return get_preset(preset, servers)
     except SchedulerError as exc:
-        raise _fail(str(exc)) from exc
+        raise _fail(str(exc), exit_code_of(exc)[1]) from exc
 
 
 def _writable_dir(directory: Path, option: str) -> None:
@@ -191,8 +191,48 @@ def train_cmd(
     resume: Annotated[
         Path | None, typer.Option(help="Continue from a policy.pt written by this command.")
     ] = None,
+    env: Annotated[
+        str,
+        typer.Option(
+            help="paper: the paper's slotted simulator. cluster: the cluster twin, running the "
+            "agent's own decision code; its policy.pt is an agent's policy_checkpoint."
+        ),
+    ] = "paper",
+    boxes: Annotated[int, typer.Option(help="--env cluster: boxes in the cluster.")] = 8,
+    spread: Annotated[
+        str, typer.Option(help="--env cluster: box speeds, paper or jetson-rtx (an estimate).")
+    ] = "paper",
+    hours: Annotated[
+        float, typer.Option(help="--env cluster: hours of simulated traffic (loads 0.5-1.1).")
+    ] = 1.0,
+    train_steps_per_s: Annotated[
+        float,
+        typer.Option(help="--env cluster: updates per box per simulated second (the agent's)."),
+    ] = 2.0,
 ) -> None:
-    """Train one method: OUT/metrics.csv, summary.json, learning.png and, for learners, policy.pt."""
+    """Train one method: OUT/metrics.csv, summary.json, learning.png and, for learners, policy.pt.
+
+    With --env cluster: OUT/policy.pt (the agent's checkpoint), summary.json, learning.png.
+    """
+    if env not in ("paper", "cluster"):
+        raise _fail(f"--env must be paper or cluster, got {env!r}")
+    if env == "cluster":
+        from dedgeai.agent.client import cli_sim_cluster
+        from dedgeai.scheduler.policy_names import LEARNED
+
+        problem = cli_sim_cluster.check(method, boxes, spread, hours, LEARNED, train_steps_per_s)
+        if problem:
+            raise _fail(problem)
+        _writable_dir(out, "--out")
+        try:
+            cli_sim_cluster.train(
+                out, method, boxes, spread, hours, train_steps_per_s, seed, resume, console, err
+            )
+        except SchedulerError as exc:
+            raise _fail(str(exc), exit_code_of(exc)[1]) from exc
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        return
     preset_cfg = _check(episodes, preset, servers)
     if method not in METHOD_NAMES:
         raise _fail(f"unknown method {method!r}; choose from {', '.join(METHOD_NAMES)}")
@@ -215,7 +255,7 @@ def train_cmd(
         if isinstance(learner, SlotLearner):
             save_trained(out / "policy.pt", learner, method, episodes, seed)
     except SchedulerError as exc:
-        raise _fail(str(exc)) from exc
+        raise _fail(str(exc), exit_code_of(exc)[1]) from exc
     summary = summarize(history)
     title = f"{METHOD_TITLES[method]}, preset {preset}, seed {seed}"
     write_summary(out / "summary.json", {"preset": preset, "seed": seed, "methods": summary})
@@ -256,7 +296,7 @@ def compare_cmd(
     try:
         history, _ = _run(names, episodes, seed, preset_cfg, switches, out)
     except SchedulerError as exc:
-        raise _fail(str(exc)) from exc
+        raise _fail(str(exc), exit_code_of(exc)[1]) from exc
     summary = summarize(history)
     title = f"preset {preset} (B={preset_cfg.env.n_servers}), seed {seed}, {episodes} episodes" + (
         ", reference-compatible" if reference_compatible else ""
@@ -295,6 +335,6 @@ def plot_cmd(
     try:
         runs = [read_metrics(path) for path in metrics]
     except SchedulerError as exc:
-        raise _fail(str(exc)) from exc
+        raise _fail(str(exc), exit_code_of(exc)[1]) from exc
     plot_learning(out, runs, title)
     console.print(f"wrote {out}")

@@ -33,24 +33,19 @@ from rich.text import Text
 from dedgeai.agent.client import render
 from dedgeai.agent.client.library import DEFAULT_TIMEOUT_S, ENDPOINT_ENV, AgentClient
 from dedgeai.agent.errors import (
-    AgentBusy,
-    ConfigError,
     DedgeaiError,
     ErrorCode,
-    HandshakeFailed,
-    PeerUnavailable,
     ProtocolError,
     RemoteError,
-    TaskFailed,
-    TaskNotFound,
     remote_error,
 )
-from dedgeai.agent.exit_codes import ExitCode
+from dedgeai.agent.exit_codes import ExitCode, exit_code_of
 from dedgeai.agent.node.config import load_config, parse_override, render_toml
 from dedgeai.agent.node.protocol import MAX_TASKS_LIMIT, Reply, TaskId, new_task_id
 from dedgeai.agent.security.curve import CLIENT_KEYS_ENV, SERVER_KEY_ENV, ClientSecurity
 from dedgeai.models.backend import MAX_SEED, GenerationRequest
 from dedgeai.models.errors import InvalidRequest
+from dedgeai.models.sizes import SizeError, parse_size
 
 err = Console(stderr=True)
 out = Console()
@@ -93,15 +88,6 @@ ClientKeysOpt = Annotated[
     ),
 ]
 
-# RemoteError codes that mean "the caller asked for something wrong" (or may not ask it).
-_BAD_INPUT_CODES = {
-    "bad_frame",
-    "bad_version",
-    "bad_type",
-    "bad_field",
-    "already_finished",
-    "forbidden",
-}
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _NOT_ID_CHARS = re.compile("[^0-9a-f-]")
 _ID_PREFIX = re.compile("^[0-9a-f-]{1,36}$")
@@ -122,29 +108,11 @@ def exit_on_errors() -> Iterator[None]:
     """Map library errors to the documented exit codes, with one line on stderr."""
     try:
         yield
-    except HandshakeFailed as exc:
-        raise _fail("refused", "red", exc, ExitCode.BAD_INPUT) from exc
-    except (ConfigError, InvalidRequest) as exc:
-        raise _fail("error", "red", exc, ExitCode.BAD_INPUT) from exc
-    except PeerUnavailable as exc:
-        raise _fail("unreachable", "red", exc, ExitCode.UNREACHABLE) from exc
-    except ProtocolError as exc:
-        raise _fail("bad reply", "red", exc, ExitCode.INTERNAL) from exc
-    except AgentBusy as exc:
-        raise _fail("busy", "yellow", exc.message, ExitCode.BUSY) from exc
-    except TaskFailed as exc:
-        raise _fail(exc.code, "red", exc.message, ExitCode.TASK_FAILED) from exc
-    except TaskNotFound as exc:
-        raise _fail("not found", "red", exc.message, ExitCode.BAD_INPUT) from exc
-    except RemoteError as exc:
-        code = ExitCode.INTERNAL
-        if exc.code in _BAD_INPUT_CODES:
-            code = ExitCode.BAD_INPUT
-        elif exc.code in ("shutting_down", "storage"):  # both pass: retry later
-            code = ExitCode.BUSY
-        raise _fail(exc.code, "red", exc.message, code) from exc
-    except DedgeaiError as exc:
-        raise _fail("error", "red", exc, ExitCode.INTERNAL) from exc
+    except DedgeaiError as exc:  # agent, models and scheduler errors alike
+        label, code = exit_code_of(exc)
+        message = exc.message if isinstance(exc, RemoteError) else exc
+        style = "yellow" if code is ExitCode.BUSY else "red"
+        raise _fail(label, style, message, code) from exc
 
 
 def _overrides(items: list[str] | None) -> dict[str, Any]:
@@ -253,10 +221,10 @@ def _print_json(body: object) -> None:
 
 
 def _parse_size(size: str) -> tuple[int, int]:
-    width, sep, height = size.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        raise InvalidRequest(f"--size must look like 1024x1024, got {size!r}")
-    return int(width), int(height)
+    try:
+        return parse_size(size)
+    except SizeError as exc:  # an InvalidRequest: exit_on_errors makes it one line, exit 2
+        raise SizeError(f"--size: {exc}") from None
 
 
 def _progress() -> Progress:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Annotated
 
 import typer
@@ -12,6 +11,8 @@ DISTRIBUTION = "dedgeai"
 
 def version_text() -> str:
     """``dedgeai X.Y.Z`` from the installed distribution's metadata."""
+    from importlib import metadata  # ~15 ms: paid by `--version`, not by every command
+
     try:
         return f"{DISTRIBUTION} {metadata.version(DISTRIBUTION)}"
     except metadata.PackageNotFoundError:

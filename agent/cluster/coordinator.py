@@ -5,6 +5,8 @@ endpoint (``cluster_size`` may reserve spare slots for peers found by mDNS; one 
 no slot is free is shown but never scheduled). ``Cluster`` owns the peer links and the peer
 table, answers peers' gossip, builds the scheduler's ``ClusterState`` for each submitted
 task (down peers masked), and hands forwarded tasks and their replies to ``Forwarding``.
+With ``pod2`` a first-hop task's placement waits for ``probe`` replies (``Probes``): it is
+decided in a later turn, when the probed peers answered or at the round's deadline.
 The links' handshake events go to ``PeerSecurity`` (CURVE keys per peer); a peer that
 restarted (its gossip's ``started_at`` changed) is asked again at once for the tasks
 forwarded to it, which it resumes from its journal.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,16 +37,19 @@ from dedgeai.agent.cluster.links import (
     version_refusal,
 )
 from dedgeai.agent.cluster.peers import Heard, Peer, PeerState, PeerTable, Refused, VersionMismatch
+from dedgeai.agent.cluster.probes import Probes, Round, probe_timeout_s
 from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError
 from dedgeai.agent.node import protocol as p
 from dedgeai.agent.node.config import AgentConfig
 from dedgeai.agent.node.core import AgentCore, Effect, Route, Send
+from dedgeai.agent.node.records import Placement
 from dedgeai.agent.node.results import ResultStore
 from dedgeai.agent.node.tasks import TaskRecord, TaskState
 from dedgeai.agent.security.authority import Authority
 from dedgeai.agent.security.keys import fingerprint
 from dedgeai.agent.security.peer_keys import NEXT, OK, REFUSED, PeerSecurity, split_peer
-from dedgeai.scheduler.cluster_state import ClusterState, TaskSpec
+from dedgeai.scheduler.cluster_state import ClusterState, TaskSpec, estimated_finish_s
+from dedgeai.scheduler.policy_names import probes_of
 
 log = logging.getLogger("dedgeai.agent.cluster.coordinator")
 
@@ -113,9 +119,10 @@ class Cluster:
             config.learn,
             config.train_steps_per_s,
             config.learn_warmup,
+            warm_start_steps=config.warm_start_steps,
             policy_actions=config.policy_actions,
             explore_epsilon=config.explore_epsilon,
-            capacities=self.known_capacities,
+            capacities=lambda: self.capacities_snapshot,  # read on the training thread
             seed=node_seed(core.node),
         )
         self.unused: dict[str, dict[str, Any]] = {}  # found by mDNS, not used: why
@@ -136,16 +143,24 @@ class Cluster:
             core, results, config.forward_ack_timeout_s, QUIET_INTERVALS * self.interval_s
         )
         self.pending = np.zeros(self.n_slots)  # work sent to each peer since its last gossip
+        self.sent_work = np.zeros(self.n_slots)  # work sent to each peer since start
+        d = probes_of(config.policy)
+        self.probes = Probes(d, node_seed(core.node)) if d else None
         self.interval_started = now
         self.last_gossip = 0.0
         self.decision_s: deque[float] = deque(maxlen=DECISION_SAMPLES)
         self.decisions_made = 0  # every placement since start (the deque keeps the last ones)
         self.decision_summary: tuple[int, dict[str, Any]] = (0, {"count": 0})
         self.up_at: dict[int, float] = {}  # when each peer last came up
+        self.probes_served = 0  # probes answered for peers, by an agent that does not probe
         self.hinted_at: dict[int, float] = {}  # last gossip sent early on a peer's hint
         self.authority: Authority | None = None  # set by the daemon: mDNS peers join it
-        core.placer = self.place
-        core.identity = {"node": core.node, "name": config.display_name, "endpoint": endpoint}
+        # Recorded as ``ran_on``; the daemon hands it to ``core.join_cluster``.
+        self.identity = {"node": core.node, "name": config.display_name, "endpoint": endpoint}
+        # Every slot's speed, computed on the loop thread each gossip interval until the policy
+        # is built (``known_capacities``): the training thread reads this reference, never
+        # the live peer table.
+        self.capacities_snapshot: np.ndarray | None = None
 
     def start(self, poller: zmq.Poller) -> None:
         self.links.register(poller)
@@ -180,18 +195,14 @@ class Cluster:
 
     def known_capacities(self) -> np.ndarray | None:
         """Every slot's speed (steps/s) once this agent and each configured peer reported
-        one; spare slots (mDNS) take the median. None until then. Called from the policy's
-        training thread: it only reads (the table's values are replaced, never mutated)."""
+        one; spare slots (mDNS) take the median. None until then. On the loop thread only:
+        the training thread gets ``capacities_snapshot``."""
         own = self._capacity()
         if not own:
             return None
         speeds = np.full(self.n_slots, np.nan)
         speeds[self.self_index] = own
-        try:
-            peers = list(self.table.by_slot.values())
-        except RuntimeError:  # a slot was added meanwhile (mDNS): ask again later
-            return None
-        for peer in peers:
+        for peer in self.table:
             rate = peer.info.get("capacity_steps_per_s")
             if rate:
                 speeds[peer.slot] = float(rate)
@@ -200,19 +211,25 @@ class Cluster:
         speeds[np.isnan(speeds)] = float(np.nanmedian(speeds))
         return speeds
 
-    def body(self, now: float) -> dict[str, Any]:
+    def load_body(self, now: float) -> dict[str, Any]:
+        """The load part of gossip, also the whole of a ``probe_reply``."""
         backlog, load = self._own_work()
+        return {
+            "sent_at": now,
+            "backlog_steps": backlog,
+            "interval_load_steps": load,
+            "capacity_steps_per_s": self._capacity(),
+            "accepting": self.core.accepting,
+        }
+
+    def body(self, now: float) -> dict[str, Any]:
         running = self.core.running
         return {
             "node": self.core.node,
             "name": self.config.display_name,
             "endpoint": self.endpoint,
-            "sent_at": now,
-            "backlog_steps": backlog,
+            **self.load_body(now),
             "backlog_s": self.core.backlog()[1],
-            "interval_load_steps": load,
-            "capacity_steps_per_s": self._capacity(),
-            "accepting": self.core.accepting,
             "queued": len(self.core.queue),
             "running": str(running) if running else None,
             **self.describe(),
@@ -241,6 +258,14 @@ class Cluster:
             self.links.send(peer.slot, gossip_message(self.body(now)))
         reply = p.envelope("gossip", msg.id, **self.body(now), echo_sent_at=body["sent_at"])
         return [Send(route, reply)]
+
+    def on_probe(self, route: Route, msg: p.Probe, now: float) -> list[Effect]:
+        """A peer's ``probe`` (it places a task with ``pod2``): our load now."""
+        if self.probes is not None:
+            self.probes.counters["served"] += 1
+        else:
+            self.probes_served += 1
+        return [Send(route, p.envelope("probe_reply", msg.id, **self.load_body(now)))]
 
     def _handshakes(self, ready: dict[zmq.Socket, int], now: float) -> list[Effect]:
         effects: list[Effect] = []
@@ -277,6 +302,12 @@ class Cluster:
             if refusal is not None:
                 effects += self._incompatible(slot, refusal, now)
                 continue
+            if self.probes is not None and Probes.is_probe(reply.id):
+                try:  # as below: a bug costs that reply (its round ends at its deadline)
+                    effects += self.on_probe_reply(slot, reply, now)
+                except Exception:
+                    log.exception("slot %d: could not handle its probe reply", slot)
+                continue
             info, rtt = None, None
             if reply.type == "gossip":
                 info = {k: v for k, v in reply.fields.items() if k != "echo_sent_at"}
@@ -293,6 +324,30 @@ class Cluster:
             except Exception:
                 log.exception("slot %d: could not handle its %s reply", slot, reply.type)
         return effects
+
+    def on_probe_reply(self, slot: int, reply: p.Reply, now: float) -> list[Effect]:
+        """A ``probe_reply`` (or an error) to one of our probes: the peer is alive; its
+        report, once sane, counts for its round, which is decided when it is complete."""
+        assert self.probes is not None
+        self._heard(slot, Heard(now), now)
+        fields: dict[str, Any] | None = None
+        why = ""
+        if reply.type == "probe_reply":
+            peer = self.table.by_slot[slot]
+            fresh = {k: v for k, v in reply.fields.items() if k in p.PROBE_REPLY_FIELDS}
+            report, problems = sanitize_report(
+                peer.info or None, {**peer.info, **fresh}, self._capacity()
+            )
+            if problems:
+                log.warning("slot %d probe reply: %s", slot, "; ".join(problems))
+            if report.get("capacity_steps_per_s") and report.get("accepting", True):
+                fields = report
+            else:
+                why = "not accepting, or no sane load in its answer"
+        else:
+            why = f"answered {reply.type} {reply.get('code', '')}".strip()
+        rnd = self.probes.answer(str(reply.id), slot, fields, why)
+        return self._decide_round(rnd, now) if rnd is not None else []
 
     def _heard(self, slot: int, event: Heard, now: float) -> None:
         before = self.table.by_slot[slot].info.get("started_at")
@@ -328,9 +383,13 @@ class Cluster:
         if now - self.last_gossip >= self.interval_s:
             self.last_gossip = self.interval_started = now
             self.host.start_interval()
-            message = gossip_message(self.body(now))
-            for peer in self.table:
-                self.links.send(peer.slot, message)
+            if self.host.scheduler is None:  # only a warm start waits for the speeds
+                self.capacities_snapshot = self.known_capacities()
+            peers = list(self.table)
+            if peers:  # the body walks the whole queue: not built for nobody
+                message = gossip_message(self.body(now))
+                for peer in peers:
+                    self.links.send(peer.slot, message)
             for slot, state in self.table.check_liveness_(now, self.interval_s):
                 if state is PeerState.DOWN:
                     endpoint = self.table.by_slot[slot].endpoint
@@ -339,6 +398,9 @@ class Cluster:
                     why = "peer down (silent for 3 gossip intervals)"
                     effects += self.forwarding.reclaim_slot(slot, why, now)
         effects += self._release_unclaimed(now)
+        if self.probes is not None:
+            for rnd in self.probes.expired(now):
+                effects += self._decide_round(rnd, now)
         reclaimed, again = self.forwarding.tick(now)
         effects += reclaimed
         for task in again:
@@ -438,8 +500,8 @@ class Cluster:
         failed one (its "delay" is the time to the cancel) would teach the policy that the
         server a client cancels on is fast.
         """
-        if task.origin != self.core.node or "policy" not in task.placement:
-            return
+        if task.origin != self.core.node or task.placement.policy in (None, "local"):
+            return  # not decided by the policy (a single slot, forced local, policy local)
         if task.state is TaskState.DONE and task.finished_at:
             self.host.complete(task.id, task.finished_at - task.submitted_at)
         else:
@@ -447,54 +509,179 @@ class Cluster:
 
     # --- scheduling ------------------------------------------------------------------
 
-    def state(self, avoid: set[int], size_mbit: float) -> Any:
-        n = self.n_slots
+    def _own_arrays(self) -> tuple[np.ndarray, ...]:
+        """(backlog, load, capacity, available, transfer) with only this agent filled in."""
+        n, me = self.n_slots, self.self_index
         backlog, load, capacity = np.zeros(n), np.zeros(n), np.ones(n)
         available, transfer = np.zeros(n, dtype=bool), np.zeros(n)
         own_backlog, own_load = self._own_work()
-        me = self.self_index
         backlog[me], load[me] = max(0.0, own_backlog - own_load), own_load
         capacity[me] = self._capacity() or self.config.emulated_steps_per_second
         available[me] = True
-        for peer in self.table:
-            info = peer.info
-            rate = info.get("capacity_steps_per_s")
-            if (
-                not peer.state.schedulable
-                or peer.slot in avoid
-                or not rate
-                or not info.get("accepting", True)
-            ):
-                continue
-            peer_load = float(info.get("interval_load_steps", 0.0))
-            backlog[peer.slot] = max(0.0, float(info.get("backlog_steps", 0.0)) - peer_load)
-            load[peer.slot] = peer_load + self.pending[peer.slot]
-            capacity[peer.slot] = float(rate)
-            available[peer.slot] = True
-            transfer[peer.slot] = (peer.rtt_s or 0.0) + size_mbit / LINK_MBIT_PER_S
-        return ClusterState(me, backlog, load, capacity, available, transfer)
+        return backlog, load, capacity, available, transfer
 
-    def place(self, task: TaskRecord) -> dict[str, Any]:
-        """The core's placer: where a first-hop task runs, and why."""
-        started = time.perf_counter()
+    def _fill(
+        self,
+        arrays: tuple[np.ndarray, ...],
+        peer: Peer,
+        info: dict[str, Any],
+        sent: float,
+        size_mbit: float,
+    ) -> None:
+        """One peer's row from its report (gossip or a probe reply) plus ``sent``: the work
+        this agent sent it that the report cannot include yet."""
+        backlog, load, capacity, available, transfer = arrays
+        slot = peer.slot
+        peer_load = float(info.get("interval_load_steps", 0.0))
+        backlog[slot] = max(0.0, float(info.get("backlog_steps", 0.0)) - peer_load)
+        load[slot] = peer_load + sent
+        capacity[slot] = float(info["capacity_steps_per_s"])
+        available[slot] = True
+        transfer[slot] = (peer.rtt_s or 0.0) + size_mbit / LINK_MBIT_PER_S
+
+    def state(self, avoid: set[int], size_mbit: float) -> Any:
+        """Every schedulable peer from its last gossip (plus what we sent it since)."""
+        arrays = self._own_arrays()
+        for peer in self.table:
+            if self._schedulable(peer, avoid):
+                self._fill(arrays, peer, peer.info, self.pending[peer.slot], size_mbit)
+        return ClusterState(self.self_index, *arrays)
+
+    def probed_state(self, rnd: Round, size_mbit: float) -> ClusterState:
+        """This agent and the peers that answered ``rnd``'s probes, fresh; the rest masked.
+
+        A report counts the tasks that reached the peer before the probe did (one link,
+        in order); what this agent forwarded to it after the probe left is added."""
+        arrays = self._own_arrays()
+        for slot, info in rnd.answers.items():
+            peer = self.table.get(slot)
+            if peer is None or not peer.state.schedulable:
+                continue  # it went down since it answered
+            sent = float(self.sent_work[slot]) - rnd.work_at_send.get(slot, 0.0)
+            self._fill(arrays, peer, info, max(0.0, sent), size_mbit)
+        return ClusterState(self.self_index, *arrays)
+
+    def _local(self, reason: str) -> Placement:
+        """A placement here without asking the policy (nothing else it could choose)."""
+        probs = [0.0] * self.n_slots
+        probs[self.self_index] = 1.0
+        return Placement(
+            local=True,
+            target=self.self_index,
+            **self.identity,
+            policy="local",
+            reason=reason,
+            probs=probs,
+        )
+
+    def _schedulable(self, peer: Peer, avoid: set[int]) -> bool:
+        return bool(
+            peer.state.schedulable
+            and peer.slot not in avoid
+            and peer.info.get("capacity_steps_per_s")
+            and peer.info.get("accepting", True)
+        )
+
+    def _any_peer_schedulable(self, avoid: set[int]) -> bool:
+        return any(self._schedulable(peer, avoid) for peer in self.table)
+
+    @staticmethod
+    def _spec(task: TaskRecord) -> TaskSpec:
         req = task.request
         demand = equivalent_steps(req.steps, req.width, req.height)
-        if task.placement.get("force_local"):
-            placement = {"local": True, "target": self.self_index, "policy": "local"}
-            placement["reason"] = "re-dispatched too often: runs at its origin"
-            return placement
         size = (len(req.prompt) + len(req.negative_prompt) + REQUEST_OVERHEAD_BYTES) * 8 / 1e6
-        state = self.state(set(task.placement.get("avoid", ())), size)
-        decision = self.host.decide(TaskSpec(demand, size), state, task.id)
+        return TaskSpec(demand, size)
+
+    def place(self, task: TaskRecord, now: float | None = None) -> Placement | None:
+        """Where a first-hop task runs, and why (the daemon's answer to the core's ``Place``).
+
+        None: the decision waits for probes (``pod2``); this cluster hands it to
+        ``core.placed`` itself in a later turn (``on_ready`` or ``tick``), the effects
+        coming back through those."""
+        if task.placement.force_local:
+            return self._local("re-dispatched too often: runs at its origin")
+        if self.host.policy == "local":
+            return self._local("policy local")
+        avoid = set(task.placement.avoid)
+        if not self._any_peer_schedulable(avoid):  # no state or policy to compute
+            return self._local("no peer available: runs here")
+        if self.probes is not None:
+            return self._probe(task, avoid, time.time() if now is None else now)
+        started = time.perf_counter()
+        spec = self._spec(task)
+        state = self.state(avoid, spec.size_mbit)
+        decision = self.host.decide(spec, state, task.id)
+        return self._placement(decision, spec, started)
+
+    def _probe(self, task: TaskRecord, avoid: set[int], now: float) -> Placement | None:
+        """Send ``probe`` to d random schedulable peers; None while their answers are due."""
+        assert self.probes is not None
+        probes = self.probes
+        slots = probes.choose([q.slot for q in self.table if self._schedulable(q, avoid)])
+        rtts = [self.table.by_slot[s].rtt_s for s in slots]
+        timeout = probe_timeout_s(rtts, self.config.probe_timeout_s)
+        sent = {s: float(self.sent_work[s]) for s in slots}
+        rnd, ids = probes.open(task, slots, sent, now, timeout)
+        for slot, probe_id in ids.items():
+            if not self.links.send(slot, p.envelope("probe", probe_id)):
+                probes.unsent(task.id, slot)
+        if not rnd.complete:
+            return None
+        probes.close(task.id)  # not one probe left: decide now, on what is left (here)
+        return self._round_placement(rnd, now)
+
+    def _decide_round(self, rnd: Round, now: float) -> list[Effect]:
+        """A probe round is complete or past its deadline: place its task now."""
+        assert self.probes is not None
+        self.probes.close(rnd.task.id)
+        if rnd.task.id not in self.core.placing:
+            return []  # dropped meanwhile (a failed journal commit): nothing to place
+        try:
+            placement = self._round_placement(rnd, now)
+        except Exception:  # a bug must not leave the task unplaced (its client unanswered)
+            log.exception("task %s: the probed decision failed", rnd.task.id)
+            placement = self._local("the probed decision failed: runs here")
+        return self.core.placed(rnd.task.id, placement, now)
+
+    def _round_placement(self, rnd: Round, now: float) -> Placement:
+        started = time.perf_counter()
+        spec = self._spec(rnd.task)
+        state = self.probed_state(rnd, spec.size_mbit)
+        decision = self.host.decide(spec, state, rnd.task.id)
+        placement = self._placement(decision, spec, started)
+        reason = decision.reason
+        if decision.policy == self.host.policy:  # not a fallback on an insane state
+            finish = estimated_finish_s(spec, state)
+            me, target = self.self_index, int(decision.target)
+            where = "here" if target == me else f"on {placement.name or f'slot {target}'}"
+            reason = (
+                f"probed {len(rnd.answers)}/{len(rnd.asked)}: est {finish[target]:.2f} s {where}"
+            )
+            if target != me:
+                reason += f" vs here {finish[me]:.2f} s"
+            elif others := [s for s in rnd.answers if np.isfinite(finish[s])]:
+                best = min(others, key=lambda s: float(finish[s]))  # the best answer passed over
+                peer = self.table.get(best)
+                name = (peer.name if peer is not None else None) or f"slot {best}"
+                reason += f" vs {finish[best]:.2f} s on {name}"
+        masked = [f"slot {s} ({why})" for s, why in sorted(rnd.failed.items())]
+        if masked:
+            reason += "; masked " + ", ".join(masked)
+        probe_ms = round((now - rnd.sent_at) * 1e3, 2)
+        return placement.with_(reason=reason, probed=list(rnd.asked), probe_ms=probe_ms)
+
+    def _placement(self, decision: Any, spec: TaskSpec, started: float) -> Placement:
+        """The typed record of a policy's decision (and its work counted for the target)."""
         target = int(decision.target)
         if target != self.self_index:
-            self.pending[target] += demand
+            self.pending[target] += spec.demand_steps
+            self.sent_work[target] += spec.demand_steps
         elapsed = time.perf_counter() - started
         self.decision_s.append(elapsed)
         self.decisions_made += 1
         peer = self.table.get(target)
         where = (
-            self.core.identity
+            self.identity
             if peer is None
             else {
                 "node": peer.node,
@@ -502,12 +689,19 @@ class Cluster:
                 "endpoint": peer.endpoint,
             }
         )
-        return {
-            "local": target == self.self_index,
-            "target": target,
+        return Placement(
+            local=target == self.self_index,
+            target=target,
             **where,
-            "policy": decision.policy,
-            "reason": decision.reason,
-            "probs": [round(float(x), 4) for x in decision.probs],
-            "decision_us": round(elapsed * 1e6, 1),  # state + policy, as in status' decisions
-        }
+            policy=decision.policy,
+            reason=decision.reason,
+            probs=[round(float(x), 4) for x in decision.probs],
+            decision_us=round(elapsed * 1e6, 1),  # state + policy, as in status' decisions
+        )
+
+    def poll_ms(self, default_ms: int, now: float) -> int:
+        """The loop's poll timeout: shorter while a probe round's deadline is nearer."""
+        deadline = self.probes.next_deadline() if self.probes is not None else None
+        if deadline is None:
+            return default_ms
+        return max(0, min(default_ms, math.ceil((deadline - now) * 1000)))

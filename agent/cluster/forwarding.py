@@ -1,6 +1,6 @@
 """Forwarding at the origin: a task sent to a peer, its journal ack, its relayed result.
 
-The origin has already journaled the task as ``forwarded`` (``core.dispatch``). The peer is
+The origin has already journaled the task as ``forwarded`` (``core.placed``). The peer is
 asked with an ordinary ``submit`` carrying the task id, ``origin`` and ``wait: true``: its
 ``accepted`` is the journal acknowledgement (the peer journals before it answers), then it
 streams ``progress`` and ``done`` back on the same connection. The same message is sent
@@ -10,13 +10,14 @@ re-subscribes after the peer restarted (the peer resumes the task from its journ
 A task is reclaimed and dispatched again (here, or to another live peer) when its peer
 does not acknowledge in time, refuses it (busy, shutting down, unknown task), or goes
 down. A result that arrives from a peer the task no longer belongs to is dropped: the
-client sees exactly one ``done``. No sockets here; the daemon sends what this returns.
+client sees exactly one ``done``. No sockets here; the daemon sends what this returns. The
+core's tasks change only through its methods (``relayed``, ``finish``, ``reclaim``).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from dedgeai.agent.errors import ErrorCode
@@ -24,17 +25,7 @@ from dedgeai.agent.node import protocol as p
 from dedgeai.agent.node.core import AgentCore, CancelRemote, Effect
 from dedgeai.agent.node.protocol import Reply, TaskId
 from dedgeai.agent.node.results import ResultStore
-from dedgeai.agent.node.tasks import (
-    CancelRequested,
-    Failed,
-    Finished,
-    Reclaimed,
-    Stepped,
-    Stopped,
-    TaskRecord,
-    TaskState,
-    apply,
-)
+from dedgeai.agent.node.tasks import Failed, Finished, Stopped, TaskRecord, TaskState, apply
 
 log = logging.getLogger("dedgeai.agent.cluster.forwarding")
 
@@ -42,6 +33,7 @@ FORWARD_ID_PREFIX = "fwd:"  # request id of a forwarded submit: "fwd:<task>"
 CANCEL_ID_PREFIX = "fcx:"
 MAX_REDISPATCHES = 3  # after this many reclaims a task runs at its origin
 MAX_TOMBSTONES = 4096  # reclaimed tasks remembered per slot, to cancel when it is back
+FULL_SCAN_S = 1.0  # how often ``tick`` looks through every task, not only the tracked forwards
 REFUSALS = {  # answers that mean "this peer will not run it": dispatch again
     ErrorCode.BUSY.value,
     ErrorCode.SHUTTING_DOWN.value,
@@ -100,6 +92,7 @@ class Forwarding:
         self.ack_timeout_s, self.quiet_s = ack_timeout_s, quiet_s
         self.outstanding: dict[TaskId, Outstanding] = {}
         self.dropped_duplicates = 0
+        self._next_full_scan = 0.0  # see ``tick``
         # Tasks taken back from a slot whose cancel may not have reached it (its link was
         # down or reset): cancelled again when it is heard from, in case it was only frozen.
         self.tombstones: dict[int, dict[TaskId, TaskRecord]] = {}
@@ -126,7 +119,7 @@ class Forwarding:
         task = self.core.tasks.get(task_id)
         if task is None or task.state is not TaskState.FORWARDED:
             return None
-        return task if task.placement.get("target") == slot else None
+        return task if task.placement.target == slot else None
 
     def on_reply(self, slot: int, reply: Reply, now: float) -> list[Effect]:
         """A reply from the peer in ``slot`` on our connection to it."""
@@ -148,11 +141,8 @@ class Forwarding:
             case "progress":
                 track.acked = True
                 stage = str(reply.get("stage", "queued"))
-                if stage != "queued":
-                    task = self.core.tasks[task_id] = apply(
-                        task, Stepped(int(reply.get("step", 0)))
-                    )
-                return self.core.notify(task, stage, int(reply.get("position") or 0))
+                step, position = int(reply.get("step", 0)), int(reply.get("position") or 0)
+                return self.core.relayed(task_id, stage, step, position)
             case "done":
                 return self._done(task, reply, now)
             case "cancelled":
@@ -166,7 +156,7 @@ class Forwarding:
         meta = {k: v for k, v in reply.fields.items() if k != "id"}
         meta.update(
             origin=task.origin,
-            placement=task.placement,
+            placement=task.placement.to_wire(),
             submitted_at=task.submitted_at,
             relayed_at=now,
         )
@@ -183,9 +173,7 @@ class Forwarding:
             return self.core.finish(apply(task, Stopped(now)))
         if code == ErrorCode.TASK_FAILED.value:
             self.outstanding.pop(task.id, None)
-            return self.core.finish(
-                apply(task, Failed(now, f"on {task.placement.get('name')}: {text}"))
-            )
+            return self.core.finish(apply(task, Failed(now, f"on {task.placement.name}: {text}")))
         if code == ErrorCode.ALREADY_FINISHED.value:
             return []  # our cancel came too late; the `done` follows
         return self.reclaim(task, f"peer answered {code}: {text}", now)
@@ -193,7 +181,7 @@ class Forwarding:
     def reclaim(self, task: TaskRecord, why: str, now: float) -> list[Effect]:
         """Take a forwarded task back and dispatch it again (placement avoids this peer)."""
         self.outstanding.pop(task.id, None)
-        slot = task.placement.get("target")
+        slot = task.placement.target
         log.warning("task %s: reclaimed from slot %s (%s)", task.id, slot, why)
         # Best effort: tell the old target to drop it (a restarted one holds it until asked).
         cancel: list[Effect] = [CancelRemote(task)]
@@ -202,21 +190,13 @@ class Forwarding:
             tombs[task.id] = task
             while len(tombs) > MAX_TOMBSTONES:
                 del tombs[next(iter(tombs))]
-        task = apply(task, Reclaimed(why))
-        avoid = sorted({*task.placement.get("avoid", []), slot})
-        local = int(task.placement.get("redispatches", 0)) >= MAX_REDISPATCHES
-        placement = {**task.placement, "avoid": avoid, "force_local": local}
-        task = self.core.tasks[task.id] = replace(task, placement=placement)
-        self.core.counters["reclaimed"] += 1
-        if task.cancel_requested:  # nothing left to cancel remotely: end it here
-            return cancel + self.core.finish(apply(task, CancelRequested(now)))
-        return cancel + self.core.dispatch(task, now)
+        return cancel + self.core.reclaim(task.id, why, MAX_REDISPATCHES, now)
 
     def reclaim_slot(self, slot: int, why: str, now: float) -> list[Effect]:
         """Every unfinished task forwarded to ``slot`` (it went down)."""
         effects: list[Effect] = []
         for task in list(self.core.tasks.values()):
-            if task.state is TaskState.FORWARDED and task.placement.get("target") == slot:
+            if task.state is TaskState.FORWARDED and task.placement.target == slot:
                 effects += self.reclaim(task, why, now)
         return effects
 
@@ -240,7 +220,15 @@ class Forwarding:
         """Reclaim unacknowledged forwards; return quiet ones to be asked again."""
         effects: list[Effect] = []
         again: list[TaskRecord] = []
-        for task in list(self.core.tasks.values()):
+        # Every turn looks at the tracked forwards only; the whole task table (thousands of
+        # queued tasks: 0.2 ms and more per turn) once per FULL_SCAN_S, for forwards nobody
+        # tracks yet: those recovered from the journal at start.
+        if now >= self._next_full_scan:
+            self._next_full_scan = now + FULL_SCAN_S
+            candidates = list(self.core.tasks.values())
+        else:
+            candidates = [t for i in list(self.outstanding) if (t := self.core.tasks.get(i))]
+        for task in candidates:
             if task.state is not TaskState.FORWARDED:
                 continue
             track = self.outstanding.get(task.id)

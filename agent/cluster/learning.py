@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from dedgeai.agent.errors import ConfigError
 from dedgeai.scheduler.cluster_state import LEARNED, HeuristicScheduler
-from dedgeai.scheduler.errors import CheckpointError, CorruptCheckpointError, SchedulerError
+from dedgeai.scheduler.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    SchedulerError,
+    WarmStartCancelled,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,7 +54,35 @@ CAPACITY_WAIT_S = 15.0  # a fresh actor's warm start waits this long for every p
 MAX_REWARD_DELAY_S = 600.0
 REFUSED_NAME = "policy.refused.pt"  # where a corrupt <state>/policy.pt is kept aside
 READY, WARMING, FAILED = "ready", "warming", "failed"
+# stop() waits this long for the training thread: a cancelled warm start ends in ms, a
+# training step in ms too, but the warm start's torch import is not cut (seconds).
+STOP_JOIN_S = 30.0
 CapacityProbe = Callable[[], "np.ndarray | None"]
+
+
+class HostStats(dict[str, Any]):
+    """``SchedulerHost.stats``: written from two threads, read whole by ``status``.
+
+    Each key has one writer (the loop thread: decisions and the rewards it queues; the
+    training thread: warm start, training, checkpoints), so ``+=`` loses nothing. What needs
+    the lock is reading the whole (``snapshot``) while the other thread adds a key.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        with self.lock:
+            super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        with self.lock:
+            super().update(*args, **kwargs)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return dict(self)
 
 
 class SchedulerHost:
@@ -67,6 +100,7 @@ class SchedulerHost:
         train_steps_per_s: float = 2.0,
         learn_warmup: int = 300,
         seed: int = 0,
+        warm_start_steps: int = 2000,
         policy_actions: str = "sample",
         explore_epsilon: float = 0.02,
         capacities: CapacityProbe | None = None,
@@ -84,7 +118,7 @@ class SchedulerHost:
         )
         self.fallback = HeuristicScheduler("greedy", n_servers, self_index, seed=seed)
         self.capacities = capacities
-        self.stats: dict[str, Any] = {
+        stats: dict[str, Any] = {
             "trained_steps": 0,
             "rewards": 0,
             "fallback_decisions": 0,
@@ -101,6 +135,7 @@ class SchedulerHost:
             "rejected_rewards": 0,  # delays not finite and > 0
             "clipped_rewards": 0,  # delays over MAX_REWARD_DELAY_S
         }
+        self.stats = HostStats(stats)
         self._pending_interval = False
         self._stop = threading.Event()
         # DQN has no π to draw from: it always takes argmax of Q (with ε exploration).
@@ -115,6 +150,7 @@ class SchedulerHost:
             "deterministic": argmax,
             "explore_epsilon": explore_epsilon if argmax else 0.0,
             "mean_path": not argmax,
+            "warm_start_steps": warm_start_steps,
         }
         self.scheduler: Any = None
         source = self.save_path if self.save_path.exists() else None
@@ -144,7 +180,7 @@ class SchedulerHost:
     def _build(self, checkpoint: Path | None, capacities: Any = None) -> Any:
         try:
             built = self._construct(checkpoint, capacities)
-        except CorruptCheckpointError:
+        except (CorruptCheckpointError, WarmStartCancelled):
             raise
         except SchedulerError as exc:
             hint = f"; delete {self.save_path} to start afresh" if checkpoint else ""
@@ -173,7 +209,12 @@ class SchedulerHost:
             )
         from dedgeai.scheduler.online import ClusterScheduler
 
-        return ClusterScheduler(**kwargs, checkpoint=checkpoint, capacities=capacities)
+        return ClusterScheduler(
+            **kwargs,
+            checkpoint=checkpoint,
+            capacities=capacities,
+            should_stop=self._stop.is_set,  # stop() ends a warm start within one cloning step
+        )
 
     def _refuse(self, source: Path, exc: CorruptCheckpointError) -> None:
         """A corrupt checkpoint: say why, keep our own aside (not overwritten by the next
@@ -252,7 +293,11 @@ class SchedulerHost:
     # --- the training thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        if self.scheduler is None and not self._warm_start():
+        try:
+            if self.scheduler is None and not self._warm_start():
+                return
+        except WarmStartCancelled:  # stop() during the warm start: nothing to keep
+            log.info("policy %s: warm start cancelled (stopping)", self.policy)
             return
         try:
             self._train_loop()
@@ -273,8 +318,12 @@ class SchedulerHost:
                 if capacities is not None
                 else "greedy on the paper's capacity spread (peer speeds not known in time)"
             )
+            if self._stop.is_set():  # stopped while waiting for the capacities
+                return False
             started = time.monotonic()
-            built = self._build(None, capacities)
+            built = self._build(None, capacities)  # stop() cancels it: WarmStartCancelled
+        except WarmStartCancelled:
+            raise
         except Exception as exc:  # a torch error as much as a ConfigError: greedy decides
             log.exception("the %s policy could not be built", self.policy)
             self._fail(f"warm start failed ({type(exc).__name__}: {exc}); greedy decides")
@@ -345,9 +394,12 @@ class SchedulerHost:
         return bool(saved)
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop training (a warm start in progress is cancelled), join, checkpoint."""
+        self._stop.set()  # a warm start in progress sees it at its next cloning step
         if self._thread.is_alive():
-            self._thread.join(5.0)
+            self._thread.join(STOP_JOIN_S)
+            if self._thread.is_alive():
+                log.warning("the policy's training thread did not stop in %g s", STOP_JOIN_S)
         if self.stats["trained_steps"]:
             self.save()
 
@@ -361,7 +413,7 @@ class SchedulerHost:
         return {
             "policy": self.policy,
             "learn": self.learn,
-            **self.stats,
+            **self.stats.snapshot(),  # the training thread may add a key meanwhile
             "total_steps": total,
             "insane_states": insane,  # decided by greedy on a sanitised state, not recorded
             "rejected_updates": rejected,  # training steps rolled back (NaN/inf)

@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from dedgeai.agent.errors import ErrorCode, ProtocolError
 from dedgeai.agent.node import protocol as p
 from dedgeai.agent.node.protocol import Reply
+from dedgeai.agent.security.handshake import HANDSHAKE_EVENTS, read_monitor_event
 
 log = logging.getLogger("dedgeai.agent.cluster.links")
 
@@ -34,12 +34,6 @@ GOSSIP_ID = "gossip"
 MAX_RECV_PER_TURN = 256
 
 SocketSetup = Callable[[zmq.Socket, str], None]  # e.g. CURVE client keys, before connect
-HANDSHAKE_EVENTS = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 
 
 class PeerLinks:
@@ -113,8 +107,8 @@ class PeerLinks:
             if watcher not in ready:
                 continue
             while watcher.poll(0):
-                event = recv_monitor_message(watcher)
-                yield slot, int(event["event"]), int(event["value"])
+                event, value = read_monitor_event(watcher)
+                yield slot, event, value
                 if self.monitors.get(slot) is not watcher:
                     break  # the consumer reopened the link meanwhile
 

@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dedgeai.agent.node.records import ClusterStatus
+from dedgeai.scheduler.stats import percentile
+
 if TYPE_CHECKING:
     from dedgeai.agent.cluster.coordinator import Cluster
 
 
-def cluster_status(self: Cluster, now: float) -> dict[str, Any]:
+def cluster_status(self: Cluster, now: float) -> ClusterStatus:
     """Rows for this agent, every peer slot, and the mDNS finds it does not use."""
     rows = [{"slot": self.self_index, "self": True, "state": "up", **self.body(now)}]
     for peer in self.table:
@@ -38,22 +41,30 @@ def cluster_status(self: Cluster, now: float) -> dict[str, Any]:
         decisions = {"count": int(times.size)}
         if times.size:
             decisions.update(
-                p50_us=float(np.percentile(times, 50)),
-                p99_us=float(np.percentile(times, 99)),
+                p50_us=percentile(times, 50),
+                p99_us=percentile(times, 99),
                 max_us=float(times.max()),
             )
         self.decision_summary = (self.decisions_made, decisions)
-    return {
-        "self_index": self.self_index,
-        "n_servers": self.n_slots,
-        "gossip_interval_s": self.interval_s,
-        "scheduler": self.host.status(),
-        "decisions": decisions,
-        "forwarding": {
+    return ClusterStatus(
+        self_index=self.self_index,
+        n_servers=self.n_slots,
+        gossip_interval_s=self.interval_s,
+        scheduler=self.host.status(),
+        decisions=decisions,
+        forwarding={
             **self.forwarding.stats(),
             "forwarded": self.core.counters["forwarded"],
             "reclaimed": self.core.counters["reclaimed"],
         },
-        "servers": sorted(rows, key=lambda r: r["slot"]),
-        "discovered_unused": [{"endpoint": e, **v} for e, v in self.unused.items()],
-    }
+        servers=tuple(sorted(rows, key=lambda r: r["slot"])),
+        discovered_unused=tuple({"endpoint": e, **v} for e, v in self.unused.items()),
+        probes=_probes(self),
+    )
+
+
+def _probes(self: Cluster) -> dict[str, Any]:
+    """pod2's probe counters; an agent that does not probe shows only those it answered."""
+    if self.probes is not None:
+        return self.probes.stats()
+    return {"served": self.probes_served} if self.probes_served else {}

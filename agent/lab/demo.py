@@ -25,14 +25,22 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from dedgeai.agent.errors import DedgeaiError
 from dedgeai.agent.exit_codes import ExitCode
 from dedgeai.agent.lab.harness import ClusterError, LocalCluster, supports
 from dedgeai.agent.lab.load import Outcome, Replayer, poisson_trace, summarise
+from dedgeai.models.notices import TINY_WARNING
+from dedgeai.scheduler.policy_names import DEFAULT_POLICY
 
 EMULATED_SPEEDS = (10.0, 25.0, 50.0)  # relative steps/s of the emulated agents (the paper: 10-50)
 DEFAULT_LOAD = 0.9  # arrivals as a fraction of the cluster's total speed
 TINY_RATE_PER_S = 2.0  # tiny-model arrivals: its CPU speed is not known before start
 TABLE_ROWS = 24  # rows of the live table (the newest tasks)
+START_WAIT_S = 120.0  # for the agents to answer, then for their models (torch on 2 cores)
+# A learned policy's greedy fallback says why in its reason ("lad warming up: <greedy's>").
+_FALLBACK = re.compile(
+    r"^(?P<policy>[\w-]+) (?P<why>warming up|busy training|failed): (?P<rest>.*)$"
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class DemoOptions:
     agents: int = 3
     emulate: bool = False
     out: Path = Path("dedgeai-demo")
-    policy: str = "lad"
+    policy: str = DEFAULT_POLICY
     steps: tuple[int, int] = (2, 4)
     size: tuple[int, int] = (256, 256)
     seed: int = 0
@@ -104,14 +112,35 @@ def _state(outcome: Outcome) -> Text:
     return Text(text, style=styles.get(outcome.state, "yellow"))
 
 
+def decision_text(outcome: Outcome) -> str:
+    """The decision column: who decided and why; greedy standing in for a learned policy
+    that is still warming up (or training, or failed) says so: ``greedy (lad warming up): …``."""
+    if not outcome.policy:
+        return ""
+    reason = outcome.reason or ""
+    fallback = _FALLBACK.match(reason) if outcome.policy == "greedy" else None
+    if fallback is not None:
+        return f"greedy ({fallback['policy']} {fallback['why']}): {fallback['rest']}"
+    return f"{outcome.policy}: {reason}" if reason else outcome.policy
+
+
 def render_table(
-    outcomes: list[Outcome], prompts: list[str], options: DemoOptions, limit: int = TABLE_ROWS
+    outcomes: list[Outcome],
+    prompts: list[str],
+    options: DemoOptions,
+    waiting: str | None = None,
+    limit: int = TABLE_ROWS,
 ) -> Table:
-    """The demo's table: origin, where it ran, the policy's decision, state and delay."""
+    """The demo's table: origin, where it ran, the policy's decision, state and delay.
+
+    ``waiting``: what the demo waits for before the first submit (the caption says it, and
+    the rows are the prompts about to be submitted)."""
     done = [o for o in outcomes if o.state == "done"]
     stats = summarise(outcomes) if done else None
     title = f"dedgeai demo: {options.agents} agents, policy {options.policy}, {options.label}"
     caption = f"{len(done)}/{len(outcomes)} done"
+    if waiting:
+        caption = waiting
     if stats is not None:
         caption += f" · mean delay {stats.mean_s:.2f} s · p95 {stats.p95_s:.2f} s"
         caption += " · ran on " + ", ".join(f"{k}: {v}" for k, v in stats.ran_on.items())
@@ -131,10 +160,12 @@ def render_table(
     table.add_column("state", no_wrap=True)
     table.add_column("delay", justify="right", no_wrap=True)
     shown = [o for o in outcomes if o.submitted_at is not None][-limit:]
+    if waiting:
+        shown = outcomes[:limit]
     for o in shown:
         target = o.target or ("?" if o.state == "done" else "")
         forwarded = o.target is not None and o.target != o.origin
-        decision = f"{o.policy}: {o.reason}" if o.policy else ""
+        decision = decision_text(o)
         table.add_row(
             str(o.index + 1),
             prompts[o.index],
@@ -192,9 +223,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     if options.emulate:
         console.print("[bold yellow]EMULATED[/] backends: timing only, no GPU, no images")
     else:
-        from dedgeai.models.tiny import TINY_WARNING
-
-        err.print(f"[yellow]warning:[/] {TINY_WARNING}")
+        err.print(f"[yellow]warning:[/] {TINY_WARNING}", markup=True, highlight=False)
     per_agent, common = agent_settings(options)
     trace = poisson_trace(
         options.tasks,
@@ -208,12 +237,13 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     cluster = LocalCluster(per_agent, common, keep=options.keep)
     try:
         with console.status(f"starting {options.agents} agents ({options.label})…") as spinner:
-            _start(cluster, spinner.update)
+            starter = _start(cluster, spinner.update)
         for agent in cluster.agents:
             speed = agent.settings.get("emulated_steps_per_second")
             extra = f", EMULATED {speed:g} steps/s" if speed else ""
             console.print(f"{agent.name}: {agent.endpoint} (node {agent.node[:8]}{extra})")
-        outcomes = _replay(cluster, trace, prompts, options, console)
+        outcomes = _replay(cluster, starter, trace, prompts, options, console)
+        starter.finish()  # every model loaded (normally long done): no start left running
     except ClusterError as exc:
         cluster.keep = True  # the logs say why
         err.print(f"[red]error:[/] {exc} (agent logs in {cluster.root})", soft_wrap=True)
@@ -243,37 +273,63 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     return ExitCode.OK
 
 
-def _start(cluster: LocalCluster, say: Any, timeout_s: float = 120.0) -> None:
-    """Start the agents and wait until they see each other and their policy is ready,
-    saying on the spinner what is awaited (each agent's last log line, then gossip and the
-    policy's warm-up)."""
-    failure: list[BaseException] = []
+class _Starter:
+    """``cluster.start()`` on a thread: it returns once every model is loaded (the agents'
+    endpoint files), but the demo shows its table as soon as every agent answers ``status``
+    (the agents bind before they load) and says what it waits for. ``finish`` waits for the
+    start to end before the agents are stopped: a failed start is reported, never raced."""
 
-    def launch() -> None:
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._start, name="demo-start", daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
         try:
-            cluster.start()
-        except BaseException as exc:  # re-raised below, in the demo's thread
-            failure.append(exc)
+            self.cluster.start()
+        except BaseException as exc:  # re-raised by check(), in the demo's thread
+            self.failure = exc
 
-    starter = threading.Thread(target=launch, name="demo-start", daemon=True)
-    starter.start()
-    while starter.is_alive():  # each agent's last log line: importing, loading the model...
-        lines = [f"{a.name}: {_last_words(a.log_tail(1))}" for a in cluster.agents]
-        say("starting agents; " + "; ".join(lines))
-        starter.join(0.2)
-    if failure:
-        raise failure[0]
-    if not cluster.peers_supported:
-        return
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def finish(self) -> None:
+        self.thread.join()
+        self.check()
+
+
+def _start(cluster: LocalCluster, say: Any, timeout_s: float = START_WAIT_S) -> _Starter:
+    """Launch the agents; return once each answers ``status``, saying on the spinner what
+    is awaited (each agent's last log line)."""
+    starter = _Starter(cluster)
     deadline = time.monotonic() + timeout_s
     while True:
-        waiting = _peers_missing(cluster)
+        starter.check()
+        waiting = _not_answering(cluster)
         if not waiting:
-            return
+            return starter
         if time.monotonic() > deadline:
             raise ClusterError(f"not ready within {timeout_s:.0f} s: {'; '.join(waiting)}")
         say("waiting: " + "; ".join(waiting))
-        time.sleep(0.1)
+        starter.thread.join(0.1)
+
+
+def _not_answering(cluster: LocalCluster) -> list[str]:
+    """The agents that do not answer ``status`` yet (with their last log line); notes the
+    node id of those that do (``cluster.start`` would, once their model is loaded)."""
+    silent = []
+    for agent in cluster.agents:
+        if not agent.node:
+            try:
+                with cluster.client(agent.index, timeout_s=0.5, retries=1) as client:
+                    agent.node = str(client.status().get("agent", {}).get("node", ""))
+            except DedgeaiError:  # not bound yet (or not launched yet): ask again
+                pass
+        if not agent.node:
+            silent.append(f"{agent.name}: {_last_words(agent.log_tail(1))}")
+    return silent
 
 
 def _last_words(line: str) -> str:
@@ -282,27 +338,52 @@ def _last_words(line: str) -> str:
     return (text[:47] + "…" if len(text) > 48 else text) or "starting python"
 
 
-def _peers_missing(cluster: LocalCluster) -> list[str]:
-    """What each agent still waits for: its peers seen ``up``, then its policy's warm-up."""
+def _unschedulable(cluster: LocalCluster) -> list[str]:
+    """Why a task submitted now could not be placed on every agent: an agent still loading
+    its model, or a peer not ``up`` or with no measured speed yet. Empty once all can be."""
     missing = []
-    others = len(cluster.agents) - 1
     for agent in cluster.agents:
-        view = cluster.cluster_view(agent.index)
-        if view is None:
+        try:
+            with cluster.client(agent.index, timeout_s=3.0) as client:
+                status = client.status()
+        except DedgeaiError as exc:
+            missing.append(f"{agent.name}: {exc}")
             continue
+        me = status.get("agent") or {}
+        if me.get("state") != "ready":
+            since = time.time() - float(me.get("state_since") or time.time())
+            missing.append(f"{agent.name}: {me.get('doing') or me.get('state')} ({since:.0f} s)")
+            continue
+        view = status.get("cluster") or {}
         peers = [s for s in view.get("servers", []) if not s.get("self")]
-        up = sum(1 for s in peers if s.get("state") == "up")
-        scheduler = view.get("scheduler") or {}
-        warming = not scheduler.get("ready", True) and scheduler.get("state") != "failed"
-        if up < others:
-            missing.append(f"{agent.name} sees {up}/{others} peers up")
-        elif warming:  # an agent stopped mid warm-up aborts (SIGABRT): wait for it
-            missing.append(f"{agent.name}: policy {scheduler.get('policy', '?')} warming up")
+        unmeasured = [
+            str(s.get("name") or s.get("endpoint"))
+            for s in peers
+            if s.get("state") != "up" or not s.get("capacity_steps_per_s")
+        ]
+        if unmeasured:
+            missing.append(f"{agent.name} waits for the speed of {', '.join(unmeasured)}")
     return missing
+
+
+def _wait_schedulable(
+    cluster: LocalCluster, starter: _Starter, say: Any, timeout_s: float = START_WAIT_S
+) -> None:
+    """Until every agent can place a task on every peer (models loaded, speeds measured):
+    submitted earlier, a task would run where it was submitted ("no peer available")."""
+    deadline = time.monotonic() + timeout_s
+    while missing := _unschedulable(cluster):
+        starter.check()
+        if time.monotonic() > deadline:
+            raise ClusterError(f"not ready within {timeout_s:.0f} s: {'; '.join(missing)}")
+        say("waiting for the models: " + "; ".join(missing))
+        time.sleep(0.2)
+    say(None)
 
 
 def _replay(
     cluster: LocalCluster,
+    starter: _Starter,
     trace: list[Any],
     prompts: list[str],
     options: DemoOptions,
@@ -310,6 +391,7 @@ def _replay(
 ) -> list[Outcome]:
     lock = threading.Lock()
     printed: set[int] = set()
+    waiting: list[str | None] = [None]  # what the table's caption says is awaited
 
     def on_change(outcome: Outcome) -> None:
         if console.is_terminal or outcome.state not in ("done", "failed", "lost"):
@@ -320,27 +402,44 @@ def _replay(
             printed.add(outcome.index)
             console.print(
                 f"task {outcome.index + 1}: {outcome.origin} -> {outcome.target} "
-                f"({outcome.policy}: {outcome.reason}) {outcome.state} {_delay(outcome)}"
+                f"({decision_text(outcome)}) {outcome.state} {_delay(outcome)}"
                 + (" [EMULATED]" if options.emulate else ""),
                 markup=False,
             )
 
+    def say(text: str | None) -> None:
+        if text is not None and not console.is_terminal and waiting[0] is None:
+            console.print(text, markup=False)  # once, not every 0.2 s
+        waiting[0] = text
+
     replayer = Replayer(cluster, trace, deadline_s=options.timeout_s, on_change=on_change)
     if not console.is_terminal:
+        _wait_schedulable(cluster, starter, say)
         outcomes = replayer.run()
     else:
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                _wait_schedulable(cluster, starter, say)
+                replayer.run()
+            except BaseException as exc:  # re-raised below, in the demo's thread
+                failure.append(exc)
+
         with Live(console=console, refresh_per_second=4, transient=False) as live:
-            worker = threading.Thread(target=replayer.run, daemon=True)
+            worker = threading.Thread(target=run, daemon=True)
             worker.start()
             try:
                 while worker.is_alive():
-                    live.update(render_table(replayer.outcomes, prompts, options))
+                    live.update(render_table(replayer.outcomes, prompts, options, waiting[0]))
                     worker.join(0.25)
             finally:
                 replayer.stop()
                 worker.join()
             outcomes = replayer.outcomes
             live.update(Group(render_table(outcomes, prompts, options, limit=len(outcomes))))
+        if failure:
+            raise failure[0]
     if not console.is_terminal:
         console.print(render_table(outcomes, prompts, options, limit=len(outcomes)))
     return outcomes

@@ -164,8 +164,21 @@ class AgentProcess:
                 raise RuntimeError(f"agent did not start in {timeout_s} s:\n{self.log()}")
             time.sleep(0.02)
         self.endpoint = marker.read_text().strip()
-        with self.client(timeout_s=5.0) as client:
-            client.status()
+
+        def answers() -> bool:
+            try:
+                with self.client(timeout_s=1.0, retries=1) as client:
+                    client.status()
+            except PeerUnavailable:
+                return False
+            return True
+
+        try:  # a loaded box may take a while to answer, but never past what is left
+            wait_for(answers, max(1.0, deadline - time.monotonic()), "status")
+        except AssertionError:
+            raise RuntimeError(
+                f"agent did not answer status in {timeout_s} s:\n{self.log()}"
+            ) from None
         return self
 
     def log(self) -> str:

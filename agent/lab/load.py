@@ -32,6 +32,7 @@ from dedgeai.agent.errors import (
 from dedgeai.agent.lab.harness import LocalCluster
 from dedgeai.agent.node.protocol import Reply
 from dedgeai.models.backend import GenerationRequest
+from dedgeai.scheduler.stats import percentile
 
 PROMPTS_RESOURCE = ("data", "flickr8k_prompts.txt")
 STEPS_RANGE = (10, 19)  # the authors' prototype draws 10-19 denoising steps per task
@@ -289,15 +290,6 @@ class DelayStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__}
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def summarise(outcomes: Sequence[Outcome]) -> DelayStats:

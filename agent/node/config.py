@@ -18,6 +18,8 @@ from typing import Any
 import platformdirs
 
 from dedgeai.agent.errors import ConfigError
+from dedgeai.models.sizes import SizeError, parse_size
+from dedgeai.scheduler.policy_names import DEFAULT_POLICY, LEARNED, POLICIES, policies_text
 
 try:
     import tomllib
@@ -77,9 +79,10 @@ def _peers(value: list[Any]) -> str | None:
 
 def _sizes(value: list[Any]) -> str | None:
     for item in value:
-        parts = item.split("x") if isinstance(item, str) else []
-        if len(parts) != 2 or not all(p.isdigit() and int(p) % 16 == 0 for p in parts):
-            return f'entries must look like "512x512" (multiples of 16), got {item!r}'
+        try:
+            parse_size(item)
+        except SizeError as exc:
+            return f"entries: {exc}"
     return None if value else "must list at least one size"
 
 
@@ -227,16 +230,25 @@ KEYS: tuple[Key, ...] = (
     Key(
         "policy",
         str,
-        "lad",
-        "where each submitted task runs: lad, sac, dqn (learned), greedy, least-loaded, "
-        "round-robin, random or local",
-        _one_of("lad", "sac", "dqn", "greedy", "least-loaded", "round-robin", "random", "local"),
+        DEFAULT_POLICY,
+        f"where each submitted task runs: {policies_text()}; pod2 (the default) asks 2 random "
+        "peers for their load now and takes the earliest estimated finish among them and here",
+        _one_of(*POLICIES),
+    ),
+    Key(
+        "probe_timeout_s",
+        float,
+        0.0,
+        "pod2: seconds a task waits for the probed peers' answers (a silent one is masked); "
+        "0: the larger of 20 ms and 4 round trips of the slowest probed link",
+        lambda value: None if value >= 0 else "must be >= 0",
     ),
     Key(
         "learn",
         bool,
         True,
-        "online learning for the learned policies (lad, sac, dqn) from observed service delays",
+        f"online learning for the learned policies ({', '.join(LEARNED)}) from observed "
+        "service delays",
     ),
     Key(
         "policy_checkpoint",
@@ -268,6 +280,14 @@ KEYS: tuple[Key, ...] = (
         int,
         300,
         "finished tasks the learned policy waits for before its first training step",
+        _positive,
+    ),
+    Key(
+        "warm_start_steps",
+        int,
+        2000,
+        "cloning steps of a fresh learned policy's warm start (it imitates soft greedy; greedy "
+        "decides meanwhile): ~3 s of CPU at the default, fewer agree less with greedy",
         _positive,
     ),
     Key(
@@ -329,13 +349,15 @@ class AgentConfig:
     shutdown_grace_s: float = 8.0
     log_level: str = "info"
     peers: tuple[str, ...] = ()
-    policy: str = "lad"
+    policy: str = DEFAULT_POLICY
+    probe_timeout_s: float = 0.0
     learn: bool = True
     policy_checkpoint: str = ""
     policy_actions: str = "sample"
     explore_epsilon: float = 0.02
     train_steps_per_s: float = 2.0
     learn_warmup: int = 300
+    warm_start_steps: int = 2000
     gossip_interval_s: float = 1.0
     forward_ack_timeout_s: float = 3.0
     cluster_size: int = 0
@@ -345,6 +367,11 @@ class AgentConfig:
     @property
     def display_name(self) -> str:
         return self.name or socket.gethostname()
+
+    @property
+    def profile_size_pairs(self) -> list[tuple[int, int]]:
+        """``profile_sizes`` as (width, height) pairs (checked when the config was loaded)."""
+        return [parse_size(size) for size in self.profile_sizes]
 
     def state_path(self) -> Path:
         if self.state_dir:

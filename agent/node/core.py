@@ -9,19 +9,21 @@ task is in the journal before its ``accepted`` leaves the agent.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from dedgeai.agent.errors import ErrorCode
 from dedgeai.agent.node import protocol as p
 from dedgeai.agent.node.protocol import NodeId, TaskId
+from dedgeai.agent.node.records import Placement
 from dedgeai.agent.node.tasks import (
     CancelRequested,
     Failed,
     Finished,
     Forwarded,
     Interrupted,
+    Reclaimed,
     Started,
     Stepped,
     Stopped,
@@ -37,6 +39,7 @@ from dedgeai.models.backend import SpeedProfile
 
 MAX_SUBSCRIBERS_PER_TASK = 16
 MAX_CANCELLED_UNKNOWN = 4096  # cancels of unknown tasks remembered (oldest forgotten first)
+RECENTLY_FINISHED = 1024  # finished tasks kept in memory (the newest): see ``_finish``
 Route = tuple[bytes, ...]  # ROUTER identity frames (plus an empty delimiter for REQ peers)
 
 
@@ -74,16 +77,17 @@ class CancelRemote:
     task: TaskRecord
 
 
-Effect = Send | Persist | StartJob | CancelJob | Forward | CancelRemote
-# Chooses where a first-hop task runs: a placement dict with ``local`` (bool), ``policy``,
-# ``reason``, ``probs``, ``target`` (slot) and the target's ``node``/``endpoint``/``name``.
-Placer = Callable[[TaskRecord], dict[str, Any]]
-CARRIED_PLACEMENT = (
-    "redispatches",
-    "reclaimed",
-    "avoid",
-    "force_local",
-)  # kept across re-dispatches
+@dataclass(frozen=True)
+class Place:
+    """Ask the cluster where a first-hop task runs; its answer comes back through
+    :meth:`AgentCore.placed`: in the same batch (the daemon does both before it commits),
+    or, for a policy that probes its peers first (``pod2``), in a later turn. Until then
+    the task is in ``placing``: queued nowhere, not journaled, its ``accepted`` owed."""
+
+    task: TaskRecord
+
+
+Effect = Send | Persist | StartJob | CancelJob | Forward | CancelRemote | Place
 
 
 class Store(Protocol):
@@ -114,8 +118,21 @@ class AgentCore:
         self.accepting = True
         self.profile: SpeedProfile | None = None
         self.counters: Counter[str] = Counter()  # since this start: started, done, failed, ...
-        self.placer: Placer | None = None  # None: every task runs here (a single box)
+        # False: every task runs here (a single box); True: first-hop tasks are placed by
+        # the cluster (a ``Place`` effect, answered with ``placed``). See ``join_cluster``.
+        self.clustered = False
         self.identity: dict[str, Any] = {"node": node}  # recorded as ``ran_on`` in results
+        # Tasks admitted and waiting for their placement (the ``Place`` effect in flight), with
+        # the ``accepted`` reply owed to their submitter (None: a re-dispatch owes none).
+        self.placing: dict[TaskId, tuple[Route, str] | None] = {}
+        # Every task id the journal may hold (see ``remember``): a submit with an id not in it
+        # is new without a journal read. None: not known, every id is looked up.
+        self.known_ids: set[str] | None = None
+        # The newest finished tasks. A task leaves ``tasks`` when it finishes, but its final
+        # row is committed only at the end of the loop's turn: a retried submit read in the
+        # same turn must find it here, not in the journal (where it still looks unfinished,
+        # so it would be admitted and run a second time).
+        self.recently_finished: OrderedDict[TaskId, TaskRecord] = OrderedDict()
         # Forwarded tasks resumed from the journal, waiting for their origin to ask again
         # (task -> since when): the origin may have re-dispatched them while we were down.
         self.held: dict[TaskId, float] = {}
@@ -126,6 +143,27 @@ class AgentCore:
         # Tasks cancelled before this agent knew them (a reclaim's cancel overtook its own
         # stale forward): a later forward of one of them is refused, not run.
         self.cancelled_unknown: OrderedDict[TaskId, float] = OrderedDict()
+
+    # --- wiring --------------------------------------------------------------------
+
+    def join_cluster(self, identity: dict[str, Any], peers: bool) -> None:
+        """Results record ``identity`` as ``ran_on``. With ``peers``, first-hop tasks are
+        placed by the cluster from now on (a ``Place`` effect each, answered by ``placed``);
+        without, every task runs here and admission asks nobody (a single box)."""
+        self.clustered = peers
+        self.identity = dict(identity)
+
+    def remember(self, ids: Iterable[str]) -> None:
+        """The ids the journal holds at start: later submits with other ids skip the lookup."""
+        self.known_ids = set(ids)
+
+    def forget(self, ids: Iterable[str]) -> None:
+        """Ids that retention deleted from the journal."""
+        ids = set(ids)
+        if self.known_ids is not None:
+            self.known_ids.difference_update(ids)
+        for task in ids & self.recently_finished.keys():
+            del self.recently_finished[task]
 
     # --- recovery ------------------------------------------------------------------
 
@@ -186,7 +224,14 @@ class AgentCore:
         """Tasks that run before this one starts (0: running or next)."""
         if task == self.running:
             return 0
-        ahead = self.queue.index(task) if task in self.queue else 0
+        queue = self.queue
+        if queue and queue[-1] == task:  # just admitted: last (one scan less)
+            ahead = len(queue) - 1
+        else:
+            try:
+                ahead = queue.index(task)
+            except ValueError:
+                ahead = 0
         return ahead + (1 if self.running is not None else 0)
 
     def _subscribe(self, task: TaskId, route: Route, request_id: str) -> None:
@@ -208,7 +253,9 @@ class AgentCore:
             text = "`origin` names this agent: a task is never forwarded back to its origin"
             return [Send(route, p.error_reply(msg.id, ErrorCode.BAD_FIELD, text, field="origin"))]
         if msg.task is not None:
-            known = self.tasks.get(msg.task) or self.store.finished(msg.task)
+            known = self.tasks.get(msg.task) or self.recently_finished.get(msg.task)
+            if known is None and (self.known_ids is None or msg.task in self.known_ids):
+                known = self.store.finished(msg.task)
             if known is not None:  # a retried submit: same task, never run twice
                 if not may_touch(sender, known):
                     text = f"task id {known.id} is taken by another client; choose another"
@@ -233,44 +280,105 @@ class AgentCore:
             owner=msg.owner or sender.id,
         )
         self.counters["accepted"] += 1
+        if self.known_ids is not None:
+            self.known_ids.add(task.id)
         if task.origin != self.node:  # forwarded to us: at most one hop, it runs here
-            task = replace(task, placement={"forwarded_by": task.origin, "via": sender.id})
+            task = replace(task, placement=Placement(forwarded_by=task.origin, via=sender.id))
         if msg.wait:
             self._subscribe(task.id, route, msg.id)
         if task.origin != self.node and now < self.hold_forwards_until:
             self.tasks[task.id] = task  # maybe stale (sent before a freeze): its origin asks
             self.held[task.id] = now  # again if it still wants it from us
             effects: list[Effect] = [Persist(task)]
+        elif self._needs_placement(task):
+            self.tasks[task.id] = task
+            self.placing[task.id] = (route, msg.id)  # ``placed`` sends the ``accepted``
+            return [Place(task)]
         else:
-            effects = self.dispatch(task, now)
-        reply = p.accepted_reply(msg.id, task.id, self.position(task.id), task.origin)
-        if task.id in self.tasks and self.tasks[task.id].state is TaskState.FORWARDED:
-            reply["forwarded_to"] = self.tasks[task.id].placement.get("name")
-        return [*effects, Send(route, reply)]
+            effects = self._enqueue(task)
+        return [*effects, Send(route, self._accepted(msg.id, task.id))]
 
-    def dispatch(self, task: TaskRecord, now: float) -> list[Effect]:
-        """Queue a (re)admitted task here, or forward it where the placer says."""
-        if task.origin == self.node and self.placer is not None:
-            carried = {k: v for k, v in task.placement.items() if k in CARRIED_PLACEMENT}
-            placement = {**self.placer(task), **carried}
-            if not placement.get("local", True):
-                task = self.tasks[task.id] = apply(task, Forwarded(now, placement))
-                self.counters["forwarded"] += 1
-                return [Persist(task), Forward(task)]
-            task = replace(task, placement=placement)
+    def _accepted(self, request_id: str, task_id: TaskId) -> dict[str, Any]:
+        live = self.tasks.get(task_id)
+        if live is None:  # it ended in the same batch (a cancel): nothing runs before it
+            return p.accepted_reply(request_id, task_id, 0, self.node)
+        reply = p.accepted_reply(request_id, task_id, self.position(task_id), live.origin)
+        if live.state is TaskState.FORWARDED:
+            reply["forwarded_to"] = live.placement.name
+        return reply
+
+    def _needs_placement(self, task: TaskRecord) -> bool:
+        return self.clustered and task.origin == self.node
+
+    def _enqueue(self, task: TaskRecord) -> list[Effect]:
         self.tasks[task.id] = task
         self.queue.append(task.id)
         return [Persist(task)]
 
+    def dispatch(self, task: TaskRecord, now: float) -> list[Effect]:
+        """Queue a (re)admitted task here, or ask the cluster where it runs (``Place``)."""
+        if self._needs_placement(task):
+            self.tasks[task.id] = task
+            self.placing.setdefault(task.id, None)
+            return [Place(task)]
+        return self._enqueue(task)
+
+    def placed(self, task_id: TaskId, placement: Placement, now: float) -> list[Effect]:
+        """The cluster's answer to ``Place``: queue the task here or forward it, then send
+        the ``accepted`` owed to its submitter. A task that moved on meanwhile (cancelled in
+        the same batch) is left as it is; its submitter still gets its ``accepted``."""
+        if task_id not in self.placing:
+            return []
+        owed = self.placing.pop(task_id)
+        task = self.tasks.get(task_id)
+        effects: list[Effect] = []
+        if task is not None and task.state is TaskState.QUEUED and task_id not in self.held:
+            placement = placement.with_(**task.placement.carried())
+            if placement.local is False:
+                task = self.tasks[task.id] = apply(task, Forwarded(now, placement))
+                self.counters["forwarded"] += 1
+                effects = [Persist(task), Forward(task)]
+            else:
+                effects = self._enqueue(replace(task, placement=placement))
+        if owed is not None:
+            route, request_id = owed
+            effects.append(Send(route, self._accepted(request_id, task_id)))
+        return effects
+
+    # --- forwarded tasks (called by ``cluster.forwarding`` with what its peer said) ---
+
     def finish(self, task: TaskRecord, png: bytes | None = None) -> list[Effect]:
         return self._finish(task, png)
 
-    def notify(self, task: TaskRecord, stage: str, position: int = 0) -> list[Effect]:
+    def relayed(self, task_id: TaskId, stage: str, step: int, position: int) -> list[Effect]:
+        """Progress of a forwarded task from its peer, passed on to its subscribers."""
+        task = self.tasks[task_id]
+        if stage != "queued":
+            task = self.tasks[task_id] = apply(task, Stepped(step))
         return self._notify(task, stage, position)
+
+    def reclaim(self, task_id: TaskId, why: str, max_redispatches: int, now: float) -> list[Effect]:
+        """Take a forwarded task back from its peer and dispatch it again, avoiding that peer
+        (at its origin once it was re-dispatched ``max_redispatches`` times)."""
+        task = self.tasks[task_id]
+        slot = task.placement.target
+        task = apply(task, Reclaimed(why))
+        avoid = sorted({*task.placement.avoid, *([] if slot is None else [slot])})
+        local = task.placement.redispatches >= max_redispatches
+        placement = task.placement.with_(avoid=avoid, force_local=local)
+        task = self.tasks[task.id] = replace(task, placement=placement)
+        self.counters["reclaimed"] += 1
+        if task.cancel_requested:  # nothing left to cancel remotely: end it here
+            return self._finish(apply(task, CancelRequested(now)))
+        return self.dispatch(task, now)
 
     def _resubmit(self, route: Route, msg: p.Submit, known: TaskRecord, now: float) -> list[Effect]:
         # Its origin still wants it from us: run it now. Not while the socket may still hold
         # stale copies from before a freeze: a second copy of an old submit is no new ask.
+        if known.id in self.placing:  # not journaled yet: no `accepted` before it is
+            if msg.wait:  # (its first submit gets one once placed; a retry comes again)
+                self._subscribe(known.id, route, msg.id)
+            return []
         if known.id in self.held and now >= self.hold_forwards_until:
             del self.held[known.id]
             if known.state is TaskState.QUEUED:  # (a running one being stopped requeues itself)
@@ -315,10 +423,14 @@ class AgentCore:
             if msg.wait:
                 self._subscribe(live.id, route, msg.id)
             return [Send(route, self._snapshot(msg.id, live))]
-        finished = self.store.finished(msg.task)
+        finished = self._finished(msg.task)
         if finished is None or not may_touch(sender, finished):
             return [Send(route, _not_found(msg.id, msg.task))]
         return [self._final_reply(route, msg.id, finished)]
+
+    def _finished(self, task: TaskId) -> TaskRecord | None:
+        """A finished task: from memory while its final commit may still be pending."""
+        return self.recently_finished.get(task) or self.store.finished(task)
 
     def _cancel(
         self, route: Route, msg: p.CancelRequest, now: float, sender: Principal
@@ -327,7 +439,7 @@ class AgentCore:
         if live is not None and not may_touch(sender, live):
             return [Send(route, _not_found(msg.id, msg.task))]
         if live is None:
-            finished = self.store.finished(msg.task)
+            finished = self._finished(msg.task)
             if finished is None or not may_touch(sender, finished):
                 if finished is None:
                     self.cancelled_unknown[msg.task] = now
@@ -374,7 +486,8 @@ class AgentCore:
                 stage = "decode" if step >= steps else "denoise"
                 return self._notify(task, stage)
             case JobFinished(at=at, meta=meta, png=png):
-                meta = {**meta, "ran_on": self.identity, "placement": task.placement or None}
+                placement = task.placement.to_wire() or None
+                meta = {**meta, "ran_on": self.identity, "placement": placement}
                 done = apply(task, Finished(at, meta))
                 return self._finish(done, png)
             case JobFailed(at=at, error=error):
@@ -412,6 +525,7 @@ class AgentCore:
         told ``storage``): it was never acknowledged, so nothing else refers to it."""
         self.tasks.pop(task_id, None)
         self.held.pop(task_id, None)
+        self.placing.pop(task_id, None)
         self.subscribers.pop(task_id, None)
         if task_id in self.queue:
             self.queue.remove(task_id)
@@ -432,6 +546,10 @@ class AgentCore:
         """Persist a finished task, tell its subscribers, forget it (disk has it now)."""
         self.tasks.pop(task.id, None)
         self.held.pop(task.id, None)
+        self.recently_finished[task.id] = task
+        self.recently_finished.move_to_end(task.id)
+        if len(self.recently_finished) > RECENTLY_FINISHED:
+            self.recently_finished.popitem(last=False)
         if self.running == task.id:
             self.running = None
         self.counters[task.state.value] += 1
@@ -461,9 +579,10 @@ class AgentCore:
         self.counters["started"] += 1
         job = Job(task.id, task.origin, task.request, task.submitted_at, now, task.attempts)
         effects: list[Effect] = [Persist(task), StartJob(job), *self._notify(task, "denoise")]
-        for ahead, queued in enumerate(self.queue, start=1):  # everyone behind moved up one
-            if queued in self.subscribers:
-                effects += self._notify(self.tasks[queued], "queued", ahead)
+        if len(self.subscribers) > (task.id in self.subscribers):  # a queued task has a waiter
+            for ahead, queued in enumerate(self.queue, start=1):  # everyone behind moved up one
+                if queued in self.subscribers:
+                    effects += self._notify(self.tasks[queued], "queued", ahead)
         return effects
 
     def backlog(self) -> tuple[int, float | None]:

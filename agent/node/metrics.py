@@ -74,9 +74,26 @@ class AgentMetrics:
         )
         self.power = Gauge("device_power_watts", "Device power", labels, namespace=ns, registry=r)
         self._server: Any = None
+        # ``labels()`` takes a lock and builds a key each call (~10 us): the loop counts
+        # every request, so each label's child is looked up once and kept.
+        self._children: dict[tuple[str, str], Any] = {}
 
     def serve(self, port: int, address: str) -> None:
         self._server, _thread = start_http_server(port, addr=address, registry=self.registry)
+
+    def request(self, kind: str) -> None:
+        """Count one client message of type ``kind``."""
+        self._child("requests", self.requests, kind).inc()
+
+    def error(self, code: str) -> None:
+        """Count one ``error`` reply with ``code``."""
+        self._child("errors", self.errors, code).inc()
+
+    def _child(self, family: str, metric: Any, label: str) -> Any:
+        child = self._children.get((family, label))
+        if child is None:
+            child = self._children[family, label] = metric.labels(label)
+        return child
 
     def finished(self, state: str, queue_wait_s: float | None, service_s: float | None) -> None:
         self.tasks_finished.labels(state).inc()

@@ -60,7 +60,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 TaskId = NewType("TaskId", str)  # canonical lower-case UUID string, global across agents
 NodeId = NewType("NodeId", str)  # UUID of one agent, persisted in its state directory
 
-REQUEST_TYPES = ("submit", "status", "result", "cancel", "tasks", "gossip")
+REQUEST_TYPES = ("submit", "status", "result", "cancel", "tasks", "gossip", "probe")
 REPLY_TYPES = (
     "accepted",
     "progress",
@@ -71,7 +71,7 @@ REPLY_TYPES = (
     "cancelled",
     "gossip",
 )
-PEER_REPLY_TYPES = ("accepted", "progress", "done", "error", "cancelled", "gossip")
+PEER_REPLY_TYPES = ("accepted", "progress", "done", "error", "cancelled", "gossip", "probe_reply")
 TASK_STATES = ("queued", "running", "done", "failed", "cancelled", "forwarded")
 STAGES = ("queued", "denoise", "decode")
 CANCEL_STATES = ("cancelled", "cancelling")
@@ -127,7 +127,16 @@ class Gossip:
     body: dict[str, Any]  # validated: see GOSSIP_FIELDS
 
 
-ClientMessage = Submit | StatusRequest | ResultRequest | CancelRequest | TasksRequest | Gossip
+@dataclass(frozen=True)
+class Probe:
+    """A peer asks for this agent's load now (power of d choices); answered ``probe_reply``."""
+
+    id: str
+
+
+ClientMessage = (
+    Submit | StatusRequest | ResultRequest | CancelRequest | TasksRequest | Gossip | Probe
+)
 
 
 # --- schemas: one Field per wire field, one Schema per message type -------------------
@@ -436,6 +445,14 @@ GOSSIP_FIELDS = {  # docs/protocol.md, "Peers"; None where a value is unknown
     "version": text(64),
     "started_at": number(0, MAX_UNIX_S),  # when the agent started: a new value = it restarted
 }
+# A probe's answer: the load fields of a gossip body, fresh (docs/protocol.md, "Peers").
+PROBE_REPLY_FIELDS = {
+    **{k: GOSSIP_FIELDS[k] for k in ("sent_at", "backlog_steps", "interval_load_steps")},
+    "capacity_steps_per_s": number(
+        0, MAX_CAPACITY_STEPS_PER_S, required=True, nullable=True, open_low=True
+    ),
+    "accepting": flag(required=True),
+}
 REQUESTS: dict[str, Schema] = {
     "submit": Schema(SUBMIT_FIELDS),
     "status": Schema({}),
@@ -443,6 +460,7 @@ REQUESTS: dict[str, Schema] = {
     "cancel": Schema({"task": uuid_field(required=True)}),
     "tasks": Schema({"limit": integer(1, MAX_TASKS_LIMIT), "state": text(16, choices=TASK_STATES)}),
     "gossip": Schema(GOSSIP_FIELDS),
+    "probe": Schema({}),
 }
 
 
@@ -518,6 +536,8 @@ def parse_request(frames: list[bytes]) -> ClientMessage:
             return CancelRequest(rid, TaskId(body["task"]))
         case "tasks":
             return TasksRequest(rid, body.get("limit", DEFAULT_TASKS_LIMIT), body.get("state"))
+        case "probe":
+            return Probe(rid)
     return Gossip(rid, body)
 
 
@@ -677,6 +697,7 @@ REPLIES: dict[str, Schema] = {
     "gossip": Schema(
         {**GOSSIP_FIELDS, "echo_sent_at": number(0, MAX_UNIX_S, required=True)}, TELEMETRY_BOUNDS
     ),
+    "probe_reply": Schema(PROBE_REPLY_FIELDS, TELEMETRY_BOUNDS),
     "agent_status": Schema(
         {
             **{k: _STATUS_MAP for k in ("agent", "backend", "telemetry", "queue", "capacity")},
@@ -745,7 +766,7 @@ def parse_reply(frames: list[bytes]) -> Reply:
 def parse_peer_reply(frames: list[bytes]) -> Reply:
     """Validate what a peer sends back on the link this agent opened to it.
 
-    Like ``parse_reply``, but only the replies to ``submit``, ``cancel`` and ``gossip``
-    may come from a peer: ``agent_status`` and ``task_list`` are ``bad_type`` there.
+    Like ``parse_reply``, but only the replies to ``submit``, ``cancel``, ``gossip`` and
+    ``probe`` may come from a peer: ``agent_status`` and ``task_list`` are ``bad_type`` there.
     """
     return _parse_reply(frames, PEER_REPLY_TYPES)

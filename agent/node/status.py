@@ -13,6 +13,7 @@ from dedgeai.agent.node.config import AgentConfig
 from dedgeai.agent.node.core import AgentCore
 from dedgeai.agent.node.disk_store import DiskStore
 from dedgeai.agent.node.journal import Journal
+from dedgeai.agent.node.records import AgentStatus
 
 
 class PhaseView(Protocol):
@@ -59,15 +60,20 @@ def package_version() -> str:
 
 
 def status_body(daemon: NodeView, now: float) -> dict[str, Any]:
-    """The body of a ``status`` reply: this agent, its backend, queue, capacity, cluster."""
+    """The body of a ``status`` reply, as sent (see :func:`agent_status`)."""
+    return agent_status(daemon, now).to_wire()
+
+
+def agent_status(daemon: NodeView, now: float) -> AgentStatus:
+    """This agent, its backend, queue, capacity, storage, retention and cluster."""
     core = daemon.core
     backlog_steps, backlog_s = core.backlog()
     running = core.tasks.get(core.running) if core.running else None
     profile = core.profile
     phase = daemon.phase
     backend = daemon.backend
-    return {
-        "agent": {
+    return AgentStatus(
+        agent={
             "node": core.node,
             "name": daemon.config.display_name,
             "endpoint": daemon.endpoint,
@@ -82,7 +88,7 @@ def status_body(daemon: NodeView, now: float) -> dict[str, Any]:
             "curve": daemon.authenticator is not None,
             "public_key": daemon.public_key,
         },
-        "backend": {
+        backend={
             "name": backend.name
             if backend is not None
             else f"{daemon.config.model} ({phase.name})",
@@ -90,8 +96,8 @@ def status_body(daemon: NodeView, now: float) -> dict[str, Any]:
             "emulated": daemon.emulated,
             "plan": daemon._plan,
         },
-        "telemetry": daemon.telemetry_dict(),
-        "queue": {
+        telemetry=daemon.telemetry_dict(),
+        queue={
             "queued": len(core.queue),
             "held": len(core.held),  # forwarded here, waiting for their origin to ask again
             "owned": core.owned(),  # what admission counts against max_queue
@@ -102,17 +108,17 @@ def status_body(daemon: NodeView, now: float) -> dict[str, Any]:
             "backlog_steps": backlog_steps,
             "backlog_s": backlog_s,
         },
-        "capacity": {
+        capacity={
             "steps_per_second": profile.steps_per_second if profile else None,
             **daemon._profile_state,
         },
-        "counters": dict(core.counters),
-        "storage": {
+        counters=dict(core.counters),
+        storage={
             "ok": core.storage_error is None,
             "error": core.storage_error,
             "unsaved": len(daemon._unsaved),
             "corrupt_rows": daemon.journal.corrupt_rows(),
         },
-        "retention": daemon.store.retention_summary(now),
-        "cluster": cluster_status(daemon.cluster, now) if daemon.cluster is not None else None,
-    }
+        retention=daemon.store.retention_summary(now),
+        cluster=cluster_status(daemon.cluster, now) if daemon.cluster is not None else None,
+    )

@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Any
 
 from dedgeai.agent.node.protocol import TaskId
+from dedgeai.agent.node.records import Placement
 from dedgeai.models.backend import GenerationRequest, SpeedProfile
 
 
@@ -54,10 +55,14 @@ class TaskRecord:
     error: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
     # Where and why it runs: policy, probs, reason, target slot/node/endpoint, redispatches.
-    placement: dict[str, Any] = field(default_factory=dict)
+    placement: Placement = field(default_factory=Placement)
     # Who may read, list and cancel it: the submitter's principal (``agent/security/authority.py``):
     # ``key:<z85 public key>`` with CURVE, ``local`` in keyless mode. Forwarding keeps it.
     owner: str = "local"
+
+    def __post_init__(self) -> None:
+        if type(self.placement) is not Placement:  # a journal row's map (an older one too)
+            object.__setattr__(self, "placement", Placement.from_wire(self.placement))
 
     @property
     def remaining_steps(self) -> int:
@@ -111,7 +116,7 @@ class Forwarded:
     """The origin hands the task to a peer (``placement`` says which and why)."""
 
     at: float
-    placement: dict[str, Any]
+    placement: Placement
 
 
 @dataclass(frozen=True)
@@ -181,8 +186,9 @@ def apply(task: TaskRecord, event: TaskEvent) -> TaskRecord:
         case Forwarded(placement=placement):
             return replace(task, state=target, step=0, placement=placement)
         case Reclaimed(why=why):
-            redispatches = int(task.placement.get("redispatches", 0)) + 1
-            placement = {**task.placement, "redispatches": redispatches, "reclaimed": why}
+            placement = task.placement.with_(
+                redispatches=task.placement.redispatches + 1, reclaimed=why
+            )
             return replace(task, state=target, step=0, placement=placement)
         case CancelRequested(at=at):
             if target is TaskState.CANCELLED:
@@ -227,5 +233,5 @@ def summary(task: TaskRecord) -> dict[str, Any]:
         "attempts": task.attempts,
         "error": task.error,
         "ran_on": task.result.get("ran_on"),
-        "placement": task.placement or None,
+        "placement": task.placement.to_wire() or None,
     }

@@ -19,7 +19,7 @@ who may read or cancel one task. Both are pure: the daemon calls them, nothing e
     submit (no origin, owner)    yes     yes   yes
     submit with origin/owner     -       yes   -      a forwarded task
     result, cancel, tasks        own     own   all    own: owner, or the peer it came through
-    gossip                       -       yes   -
+    gossip, probe                -       yes   -
 """
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ class Authority:
         """The refusal for a message this sender's role may not send; None when allowed."""
         if principal.role is Role.PEER:
             return None  # every message type; task-level rules are ``may_touch``'s
-        if isinstance(msg, p.Gossip):
-            why = "`gossip` is a peer message; this key is not a peer's"
+        if isinstance(msg, p.Gossip | p.Probe):
+            kind = "gossip" if isinstance(msg, p.Gossip) else "probe"
+            why = f"`{kind}` is a peer message; this key is not a peer's"
             return ProtocolError(ErrorCode.FORBIDDEN, why, msg.id)
         if isinstance(msg, p.Submit) and (msg.origin is not None or msg.owner is not None):
             field = "origin" if msg.origin is not None else "owner"

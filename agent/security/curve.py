@@ -48,14 +48,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import recv_monitor_message
 
 from dedgeai.agent.errors import HandshakeFailed, SecurityError
 from dedgeai.agent.node.config import AgentConfig, is_local_endpoint
+from dedgeai.agent.security.handshake import (
+    HANDSHAKE_EVENTS,
+    HandshakeJudge,
+    Outcome,
+    Verdict,
+    read_monitor_event,
+)
 from dedgeai.agent.security.keys import (
     AUTHORIZED_DIR,
     SECRET_FILE,
@@ -67,12 +72,14 @@ from dedgeai.agent.security.keys import (
     load_public_key,
 )
 
+if TYPE_CHECKING:  # the ZAP thread pulls in asyncio (~100 ms): only an agent with keys needs it
+    from zmq.auth.thread import ThreadAuthenticator
+
 log = logging.getLogger("dedgeai.agent.security.curve")
 
 ZAP_DOMAIN = "dedgeai"
 SERVER_KEY_ENV = "DEDGEAI_SERVER_KEY"
 CLIENT_KEYS_ENV = "DEDGEAI_CLIENT_KEYS"
-NO_DETAIL_LIMIT = 3  # handshakes dropped in a row before a wrong server key is assumed
 REFUSAL_LOG_EVERY_S = 10.0  # at most one "refused" line per interval, for all keys together
 # A connection that has not finished its ZMTP (and CURVE) handshake by then is closed;
 # libzmq's default is 30 s, long enough for idle half-open connections to pile up.
@@ -181,6 +188,8 @@ def require_authenticator(
     context: zmq.Context, keys: SecurityConfig, own: KeyPair
 ) -> ThreadAuthenticator:
     """The context's running ZAP handler (one per context), started on first use."""
+    from zmq.auth.thread import ThreadAuthenticator
+
     with _authenticators_lock:
         auth = _authenticators.get(id(context))
         if auth is not None and auth.is_alive() and auth.context is context:
@@ -291,14 +300,6 @@ class ClientSecurity:
         client_security(socket, self.server_key, self.keys)
 
 
-_HANDSHAKE_EVENTS = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-
-
 class HandshakeMonitor:
     """Turns a connecting socket's handshake-failed events into a clear HandshakeFailed.
 
@@ -314,15 +315,15 @@ class HandshakeMonitor:
     ) -> None:
         self.endpoint, self.curve, self.public_key_path = endpoint, curve, public_key_path
         self._target = socket
-        self.socket = socket.get_monitor_socket(_HANDSHAKE_EVENTS)
-        self._dropped = 0
+        self.socket = socket.get_monitor_socket(HANDSHAKE_EVENTS)
+        self._judge = HandshakeJudge(curve)
         self._failure: HandshakeFailed | None = None
 
     def failure(self) -> HandshakeFailed | None:
         """Read pending events without blocking; the first fatal failure, kept once seen."""
         while self._failure is None and self.socket.poll(0):
-            event = recv_monitor_message(self.socket)
-            self._failure = self._judge(int(event["event"]), int(event["value"]))
+            event, value = read_monitor_event(self.socket)
+            self._failure = self._failure_of(self._judge.judge(event, value))
         return self._failure
 
     def check(self) -> None:
@@ -330,47 +331,40 @@ class HandshakeMonitor:
         if failure is not None:
             raise failure
 
-    def _judge(self, event: int, value: int) -> HandshakeFailed | None:
-        where = f"the agent at {self.endpoint}"
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self._dropped = 0
+    def _failure_of(self, verdict: Verdict) -> HandshakeFailed | None:
+        """The judge's verdict, worded for the person running the client."""
+        where, value = f"the agent at {self.endpoint}", verdict.value
+        key = self.public_key_path or "this client's public key file"
+        texts = {
+            Outcome.KEY_REFUSED: (
+                f"{where} refused this client's key: add {key} to its authorized_keys "
+                f"(`dedgeai keys authorize {key}` on that machine)"
+                if value == 400
+                else f"{where} could not authenticate this client (ZAP status {value})"
+            ),
+            Outcome.PEER_PLAIN: (
+                f"{where} does not use CURVE (plain TCP): connect without --server-key"
+            ),
+            Outcome.PEER_NEEDS_CURVE: (
+                f"{where} requires CURVE: pass --server-key with its public key file "
+                f"(or set {SERVER_KEY_ENV}), and have your public key authorized there"
+            ),
+            Outcome.PROTOCOL: f"handshake with {where} failed: protocol error {value:#x}",
+            # A CURVE/plain mismatch can look like a drop too: the agent resets the
+            # connection before its greeting is read.
+            Outcome.DROPPED: f"{where} closed the connection during the handshake: "
+            + (
+                "either the server key is not its public key (`dedgeai keys show` there) "
+                "or it does not use CURVE"
+                if self.curve
+                else f"it probably requires CURVE: pass --server-key (or set {SERVER_KEY_ENV})"
+            ),
+        }
+        text = texts.get(verdict.outcome)
+        if text is None:  # OK or PENDING
             return None
-        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            key = self.public_key_path or "this client's public key file"
-            if value == 400:
-                text = (
-                    f"{where} refused this client's key: add {key} to its authorized_keys "
-                    f"(`dedgeai keys authorize {key}` on that machine)"
-                )
-            else:
-                text = f"{where} could not authenticate this client (ZAP status {value})"
-            return HandshakeFailed(self.endpoint, "auth", text)
-        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH and self.curve:
-                text = f"{where} does not use CURVE (plain TCP): connect without --server-key"
-            elif value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-                text = (
-                    f"{where} requires CURVE: pass --server-key with its public key file "
-                    f"(or set {SERVER_KEY_ENV}), and have your public key authorized there"
-                )
-            else:
-                text = f"handshake with {where} failed: protocol error {value:#x}"
-            return HandshakeFailed(self.endpoint, "protocol", text)
-        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            # One drop can be an agent restarting mid-handshake; several in a row are not.
-            self._dropped += 1
-            if self._dropped >= NO_DETAIL_LIMIT:
-                # A CURVE/plain mismatch can look like this too: the agent resets the
-                # connection before its greeting is read.
-                hint = (
-                    "either the server key is not its public key (`dedgeai keys show` there) "
-                    "or it does not use CURVE"
-                    if self.curve
-                    else f"it probably requires CURVE: pass --server-key (or set {SERVER_KEY_ENV})"
-                )
-                text = f"{where} closed the connection during the handshake: {hint}"
-                return HandshakeFailed(self.endpoint, "dropped", text)
-        return None
+        reason = {Outcome.KEY_REFUSED: "auth", Outcome.DROPPED: "dropped"}
+        return HandshakeFailed(self.endpoint, reason.get(verdict.outcome, "protocol"), text)
 
     def close(self) -> None:
         with contextlib.suppress(zmq.ZMQError):  # the socket may be closed already

@@ -29,7 +29,8 @@ import zmq
 
 from dedgeai.agent.errors import ConfigError
 from dedgeai.agent.node.config import AgentConfig, is_local_endpoint
-from dedgeai.agent.security.curve import NO_DETAIL_LIMIT, SecurityConfig, client_security
+from dedgeai.agent.security.curve import SecurityConfig, client_security
+from dedgeai.agent.security.handshake import HandshakeJudge, Outcome
 from dedgeai.agent.security.keys import (
     KeyPair,
     authorized_keys,
@@ -53,9 +54,9 @@ def split_peer(entry: str) -> tuple[str, str | None]:
 class _Link:
     candidates: list[tuple[str, bytes]]  # (name, public key) in the order they are tried
     pinned: bool
+    judge: HandshakeJudge  # counts the handshakes dropped in a row
     index: int = 0
     confirmed: bool = False  # a handshake with the current candidate succeeded
-    drops: int = 0  # handshakes dropped in a row
     tried: int = field(default=0)  # candidates that failed in this round
 
     def current(self) -> tuple[str, bytes] | None:
@@ -133,7 +134,8 @@ class PeerSecurity:
         if link is None:
             pinned = self.pinned.get(endpoint)
             candidates = [pinned] if pinned else self._candidates()
-            link = self.links[endpoint] = _Link(candidates, pinned is not None)
+            judge = HandshakeJudge(curve=self.curve)
+            link = self.links[endpoint] = _Link(candidates, pinned is not None, judge)
         return link
 
     def setup(self, sock: zmq.Socket, endpoint: str) -> None:
@@ -169,52 +171,53 @@ class PeerSecurity:
 
         ``ok``: it succeeded; ``wait``: nothing to do yet; ``next``: reopen the link now
         (with the next candidate key); ``refused``: mark the peer refused with the sentence.
+        The event itself is judged by ``handshake.HandshakeJudge`` (as the client's is);
+        this adds the choice of server key, and words the verdict for the operator.
         """
         where = f"the agent at {endpoint}"
         link = self._link(endpoint)
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        # An identifying link moves to the next candidate key at the first drop; a known
+        # key (pinned or proved) survives a drop or two (an agent restarting mid-handshake).
+        patient = link.pinned or link.confirmed or self.own is None
+        verdict = link.judge.judge(event, value, limit=None if patient else 1)
+        outcome, value = verdict.outcome, verdict.value
+        if outcome is Outcome.OK:
             first = not link.confirmed
-            link.confirmed, link.drops, link.tried = True, 0, 0
+            link.confirmed, link.tried = True, 0
             name = link.current()
             if first and name and self.own is not None and not link.pinned:
                 return OK, f"{where} holds the authorized key {name[0]}"
             return OK, None
-        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if outcome is Outcome.KEY_REFUSED:
             link.confirmed = True  # it read our hello: the server key was right
             key = self.own.public_path if self.own else "this agent's agent.key"
             return REFUSED, (
                 f"{where} refused this agent's key (ZAP {value}): authorize {key} there "
                 "(`dedgeai keys authorize`); retried with backoff"
             )
-        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH and self.curve:
-                text = f"{where} does not use CURVE; peers of a CURVE agent need key pairs too"
-            elif value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-                text = (
-                    f"{where} requires CURVE: give this agent a key pair (`dedgeai keys "
-                    "generate`) and authorize its agent.key there"
-                )
-            else:
-                text = f"handshake with {where} failed: protocol error {value:#x}"
-            return REFUSED, text
-        if event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        if outcome is Outcome.PEER_PLAIN:
+            return REFUSED, f"{where} does not use CURVE; peers of a CURVE agent need key pairs too"
+        if outcome is Outcome.PEER_NEEDS_CURVE:
+            return REFUSED, (
+                f"{where} requires CURVE: give this agent a key pair (`dedgeai keys "
+                "generate`) and authorize its agent.key there"
+            )
+        if outcome is Outcome.PROTOCOL:
+            return REFUSED, f"handshake with {where} failed: protocol error {value:#x}"
+        if outcome is not Outcome.DROPPED:
             return WAIT, None
-        link.drops += 1
-        if link.pinned or link.confirmed or self.own is None:
-            if link.drops < NO_DETAIL_LIMIT:
-                return WAIT, None  # an agent restarting mid-handshake drops one
-            if link.pinned:
-                name = link.candidates[0][0]
-                return REFUSED, (
-                    f"{where} closed the connection during the handshake: {name} (from "
-                    "`peers`) is probably not its public key, or it does not use CURVE"
-                )
-            if self.own is None:
-                return REFUSED, f"{where} closed the connection during the handshake: " + (
-                    "it probably requires CURVE (give this agent a key pair)"
-                )
-            link.confirmed = False  # it changed keys? identify it again
-        link.drops = 0
+        if link.pinned:
+            name = link.candidates[0][0]
+            return REFUSED, (
+                f"{where} closed the connection during the handshake: {name} (from "
+                "`peers`) is probably not its public key, or it does not use CURVE"
+            )
+        if self.own is None:
+            return REFUSED, f"{where} closed the connection during the handshake: " + (
+                "it probably requires CURVE (give this agent a key pair)"
+            )
+        link.confirmed = False  # it changed keys? identify it again
+        link.judge.drops = 0
         link.tried += 1
         if link.tried >= len(link.candidates):
             link.index, link.tried = 0, 0

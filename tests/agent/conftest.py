@@ -81,13 +81,8 @@ def cluster_factory(agent_factory: Any) -> Any:
         endpoints = [f"tcp://127.0.0.1:{port}" for port in free_ports(len(per_agent))]
         agents = []
         for index, (endpoint, own) in enumerate(zip(endpoints, per_agent, strict=True)):
-            agent = agent_factory(
-                f"n{index}",
-                endpoint=endpoint,
-                peers=endpoints,
-                gossip_interval_s=0.2,
-                **{**common, **own},
-            )
+            settings = {"gossip_interval_s": 0.2, **common, **own}  # an agent's own win
+            agent = agent_factory(f"n{index}", endpoint=endpoint, peers=endpoints, **settings)
             agent.env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             agents.append(agent)
         start_peered(agents)

@@ -91,8 +91,9 @@ def test_curve_roles_come_from_the_key():
         p.Gossip("g", {"node": "x"}),
         _submit("s", origin="22222222-2222-4222-8222-222222222222"),
         _submit("s", owner="key:someone"),
+        p.Probe("q"),
     ],
-    ids=["gossip", "submit-origin", "submit-owner"],
+    ids=["gossip", "submit-origin", "submit-owner", "probe"],
 )
 def test_peer_messages_from_clients_and_admins_are_forbidden(msg):
     for sender in (LOCAL_CLIENT, ALICE, ADMIN):

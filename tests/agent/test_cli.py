@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 
 import pytest
@@ -12,6 +11,7 @@ from typer.testing import CliRunner
 
 from dedgeai.agent.client import cli_tasks as cli_agent
 from dedgeai.agent.exit_codes import ExitCode
+from dedgeai.agent.lab.harness import free_ports
 
 app = typer.Typer()
 cli_agent.register(app)
@@ -24,10 +24,8 @@ def _run(*args: str) -> tuple[int, str]:
 
 
 def _closed_port_endpoint() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}"
+    """A loopback port that was free a moment ago: nothing answers there."""
+    return f"tcp://127.0.0.1:{free_ports(1)[0]}"
 
 
 def test_submit_done_json(shared_agent):

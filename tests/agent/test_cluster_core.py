@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,8 +25,9 @@ from dedgeai.agent.cluster.peers import (
 )
 from dedgeai.agent.errors import ConfigError
 from dedgeai.agent.node import protocol as p
-from dedgeai.agent.node.core import AgentCore, Forward, Persist, Send
+from dedgeai.agent.node.core import AgentCore, Forward, Persist, Place, Send
 from dedgeai.agent.node.protocol import NodeId, Reply
+from dedgeai.agent.node.records import Placement
 from dedgeai.agent.node.tasks import TaskState
 from dedgeai.models.backend import GenerationRequest
 
@@ -147,25 +149,54 @@ class FakeResults:
         self.written.append(task)
 
 
-def _origin(targets: list[int]) -> tuple[AgentCore, Forwarding, FakeResults]:
-    """A core whose placer sends tasks to ``targets`` in turn (slot 0 is this agent)."""
-    core = AgentCore(NodeId("origin"), 16, FakeStore())
-    turn = iter(targets)
+class Placing(Forwarding):
+    """Forwarding at an origin whose cluster sends tasks to ``targets`` in turn (slot 0 is
+    this agent): every ``Place`` effect is answered at once, as the daemon's executor does."""
 
-    def placer(task: Any) -> dict[str, Any]:
+    def __init__(self, core: AgentCore, results: FakeResults, targets: list[int]) -> None:
+        super().__init__(core, results, ack_timeout_s=2.0, quiet_s=3.0)  # type: ignore[arg-type]
+        self.turn = iter(targets)
+        self.placed = 0
+
+    def place(self, task: Any) -> Placement:
         avoid = set(task.placement.get("avoid", ()))  # as the real placer: masked
-        target = 0 if task.placement.get("force_local") else next(turn, 0)
+        target = 0 if task.placement.get("force_local") else next(self.turn, 0)
         target = 0 if target in avoid else target
-        return {"local": target == 0, "target": target, "policy": "test", "name": f"s{target}"}
+        return Placement(local=target == 0, target=target, policy="test", name=f"s{target}")
 
-    core.placer = placer
+    def run(self, effects: list[Any], now: float) -> list[Any]:
+        out: list[Any] = []
+        for effect in effects:
+            if isinstance(effect, Place):
+                self.placed += 1
+                out += self.core.placed(effect.task.id, self.place(effect.task), now)
+            else:
+                out.append(effect)
+        return out
+
+    def on_reply(self, slot: int, reply: Reply, now: float) -> list[Any]:
+        return self.run(super().on_reply(slot, reply, now), now)
+
+    def reclaim_slot(self, slot: int, why: str, now: float) -> list[Any]:
+        return self.run(super().reclaim_slot(slot, why, now), now)
+
+    def tick(self, now: float) -> tuple[list[Any], list[Any]]:
+        effects, again = super().tick(now)
+        return self.run(effects, now), again
+
+
+def _origin(targets: list[int]) -> tuple[AgentCore, Placing, FakeResults]:
+    core = AgentCore(NodeId("origin"), 16, FakeStore())
+    core.join_cluster({"node": "origin"}, peers=True)
     results = FakeResults()
-    return core, Forwarding(core, results, ack_timeout_s=2.0, quiet_s=3.0), results  # type: ignore[arg-type]
+    return core, Placing(core, results, targets), results
 
 
-def _submit(core: AgentCore) -> tuple[p.TaskId, list[Any]]:
+def _submit(core: AgentCore, fwd: Placing) -> tuple[p.TaskId, list[Any]]:
     request = GenerationRequest(prompt="x", steps=4, width=256, height=256)
     effects = core.handle((b"client",), p.Submit("r1", request), 10.0)
+    assert [type(e) for e in effects] == [Place]  # nothing is decided before the cluster
+    effects = fwd.run(effects, 10.0)
     accepted = next(e for e in effects if isinstance(e, Send))
     return accepted.message["task"], effects
 
@@ -176,7 +207,7 @@ def _reply(kind: str, task: str, png: bytes = b"", **fields: Any) -> Reply:
 
 def test_a_forwarded_task_is_journaled_before_it_is_sent_and_relayed_once() -> None:
     core, fwd, results = _origin([1])
-    task, effects = _submit(core)
+    task, effects = _submit(core, fwd)
     kinds = [type(e) for e in effects]
     assert kinds.index(Persist) < kinds.index(Forward) < kinds.index(Send)
     assert core.tasks[task].state is TaskState.FORWARDED and not core.queue
@@ -200,7 +231,7 @@ def test_a_forwarded_task_is_journaled_before_it_is_sent_and_relayed_once() -> N
 
 def test_no_ack_in_time_or_a_refusal_redispatches_elsewhere_and_late_results_are_dropped() -> None:
     core, fwd, _ = _origin([1, 2])
-    task, _ = _submit(core)
+    task, _ = _submit(core, fwd)
     fwd.sent(core.tasks[task], 10.0)
     effects, again = fwd.tick(12.5)  # no `accepted` within 2 s
     assert not again
@@ -218,7 +249,7 @@ def test_no_ack_in_time_or_a_refusal_redispatches_elsewhere_and_late_results_are
 
 def test_tasks_of_a_peer_that_went_down_come_back_and_too_many_redispatches_run_locally() -> None:
     core, fwd, _ = _origin(list(range(1, MAX_REDISPATCHES + 3)))
-    task, _ = _submit(core)
+    task, _ = _submit(core, fwd)
     for attempt in range(MAX_REDISPATCHES):
         slot = core.tasks[task].placement["target"]
         fwd.sent(core.tasks[task], 10.0)
@@ -230,7 +261,7 @@ def test_tasks_of_a_peer_that_went_down_come_back_and_too_many_redispatches_run_
 
 def test_quiet_forwarded_tasks_are_asked_again_and_remote_failures_are_final() -> None:
     core, fwd, _ = _origin([1])
-    task, _ = _submit(core)
+    task, _ = _submit(core, fwd)
     fwd.sent(core.tasks[task], 10.0)
     fwd.on_reply(1, _reply("accepted", task), 10.1)
     assert fwd.tick(12.0) == ([], [])
@@ -245,7 +276,7 @@ def test_cancel_of_a_forwarded_task_is_passed_on_and_its_cancelled_error_ends_it
     from dedgeai.agent.node.core import CancelRemote
 
     core, fwd, _ = _origin([1])
-    task, _ = _submit(core)
+    task, _ = _submit(core, fwd)
     fwd.sent(core.tasks[task], 10.0)
     effects = core.handle((b"c2",), p.CancelRequest("r2", task), 11.0)
     assert any(isinstance(e, CancelRemote) for e in effects)
@@ -253,3 +284,89 @@ def test_cancel_of_a_forwarded_task_is_passed_on_and_its_cancelled_error_ends_it
     error = Reply("error", "fwd:" + task, {"task": task, "code": "cancelled", "message": "x"})
     fwd.on_reply(1, error, 12.0)
     assert task not in core.tasks
+
+
+# --- placement at the origin ---------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_of(tmp_path: Any) -> Any:
+    """A real ``Cluster`` (its links never connect: the peer's port is closed)."""
+    import zmq
+
+    from dedgeai.agent.cluster.coordinator import Cluster
+    from dedgeai.agent.node.config import AgentConfig
+
+    made: list[Any] = []
+    context = zmq.Context()
+
+    def make(policy: str) -> Any:
+        config = AgentConfig(
+            state_dir=str(tmp_path / policy),
+            policy=policy,
+            peers=["tcp://127.0.0.1:9"],
+            endpoint="tcp://127.0.0.1:8",
+        )
+        core = AgentCore(NodeId("origin"), 16, FakeStore())
+        cluster = Cluster(config, core, None, context, config.endpoint, dict)  # type: ignore[arg-type]
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
+    context.term()
+
+
+def _task() -> Any:
+    from dedgeai.agent.node.tasks import TaskRecord
+
+    request = GenerationRequest(prompt="x", steps=4, width=256, height=256)
+    return TaskRecord(p.TaskId("t1"), "origin", request, 1, 0.0)
+
+
+def test_no_peer_to_choose_or_policy_local_places_here_without_asking_the_policy(
+    cluster_of: Any,
+) -> None:
+    from dedgeai.agent.cluster.peers import Heard
+
+    for policy in ("round-robin", "local"):
+        cluster = cluster_of(policy)
+        placement = cluster.place(_task())  # the peer is not up
+        assert placement.local is True and placement.policy == "local"
+        assert placement.target == cluster.self_index and placement["node"] == "origin"
+        assert placement.probs[cluster.self_index] == 1.0 and sum(placement.probs) == 1.0
+        assert cluster.decisions_made == 0  # neither the state nor the policy was computed
+    peer = next(iter(cluster.table)).slot
+    info = {"node": "b", "capacity_steps_per_s": 5.0, "accepting": True}
+    rr = cluster_of("round-robin")
+    rr.table.apply_(peer, Heard(1.0, info))
+    decided = [rr.place(_task()) for _ in range(2)]
+    assert rr.decisions_made == 2 and {d.policy for d in decided} == {"round-robin"}
+    assert {d.target for d in decided} == {0, 1}  # the policy chose, both slots in turn
+    forced = rr.place(replace(_task(), placement=Placement(force_local=True)))
+    assert forced.local is True and rr.decisions_made == 2
+
+
+def test_the_policy_host_stats_are_read_whole_under_the_writers_lock() -> None:
+    import threading
+
+    from dedgeai.agent.cluster.learning import HostStats
+
+    stats = HostStats({"trained_steps": 0})
+    written = threading.Event()
+
+    def trainer() -> None:  # a key added by the training thread (e.g. ``saved_at``)
+        stats["saved_at"] = 1.0
+        written.set()
+
+    with stats.lock:  # as ``snapshot`` holds it while it copies
+        thread = threading.Thread(target=trainer)
+        thread.start()
+        assert not written.wait(0.05)  # the writer waits for the reader
+        view = dict(stats)
+    thread.join()
+    assert written.is_set() and view == {"trained_steps": 0}
+    snapshot = stats.snapshot()
+    stats["trained_steps"] += 1
+    assert snapshot == {"trained_steps": 0, "saved_at": 1.0}  # a copy, not a live view

@@ -101,13 +101,18 @@ def test_kill_9_of_the_target_mid_task_finishes_elsewhere_exactly_once(
 
 def test_clients_talk_only_to_their_own_agent(cluster_factory: Any) -> None:
     """`result` at the origin of a forwarded, unfinished task subscribes to the relay."""
+    # Slow gossip on both sides, so that the SIGSTOP below is no event for either: the
+    # origin would mark b down (and run the task itself) after 3 of its intervals of
+    # silence, and b would take a loop that stood still for 2 of its own for a freeze (and
+    # hold the task until its origin asks again). The task takes 4 s at b, so it is still
+    # running when b is stopped right after its first step.
     a, b = cluster_factory(
-        {"emulated_steps_per_second": 400.0},
-        {"emulated_steps_per_second": 40.0},
+        {"emulated_steps_per_second": 400.0, "gossip_interval_s": 60.0},
+        {"emulated_steps_per_second": 10.0, "gossip_interval_s": 5.0},
         policy="round-robin",
     )
     request = GenerationRequest(prompt="x", steps=1, width=256, height=256)
-    slow = GenerationRequest(prompt="y", steps=20, width=512, height=512)
+    slow = GenerationRequest(prompt="y", steps=40, width=512, height=512)
     with a.client() as client:
         client.generate(request)
         task = client.submit(slow, wait=False).get("task")
@@ -120,7 +125,9 @@ def test_clients_talk_only_to_their_own_agent(cluster_factory: Any) -> None:
             snapshot = client.result(task, wait=True)
     finally:
         b.proc.send_signal(signal.SIGCONT)
-    assert snapshot.type == "progress"
-    with AgentClient(a.endpoint, timeout_s=60.0) as client:
-        done = client.wait(task)
+    assert snapshot.type == "progress" and snapshot.get("task") == task, snapshot.fields
+    with AgentClient(a.endpoint, timeout_s=30.0) as client:  # a new client subscribes...
+        reply = client.result(task, wait=True)
+        done = reply if reply.type == "done" else client.wait(task)  # ...and gets the relay
     assert done.get("ran_on")["endpoint"] == b.endpoint
+    assert cluster_view(a)["forwarding"]["reclaimed"] == 0

@@ -11,22 +11,44 @@ import pytest
 from dedgeai.agent.lab.harness import cluster_view, wait_for
 from dedgeai.models.backend import GenerationRequest
 
+# The schedulers built here (in this process, or as a checkpoint an agent starts from) are
+# built for their settings, not for a sane clone of greedy: a short warm start.
+QUICK_WARM_START_STEPS = 40
+
+
+@pytest.fixture
+def quick_warm_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from dedgeai.scheduler import online
+
+    monkeypatch.setattr(online, "WARM_START_STEPS", QUICK_WARM_START_STEPS)
+    torch.set_num_threads(1)
+
 
 def _scheduler(agent: Any) -> dict[str, Any]:
     return cluster_view(agent)["scheduler"]
 
 
 def test_online_learning_trains_from_real_results_and_the_checkpoint_reloads(
-    cluster_factory: Any,
+    cluster_factory: Any, tmp_path: Path, quick_warm_start: None
 ) -> None:
+    # A fresh actor warm-starts in the agent, as with no checkpoint in production, but with
+    # a short clone (warm_start_steps): a sane clone of greedy is not what is tested here.
     a, _b = cluster_factory(
-        {"policy": "lad", "learn_warmup": 4, "train_steps_per_s": 50.0},
+        {
+            "policy": "lad",
+            "warm_start_steps": 40,
+            "learn_warmup": 4,
+            "train_steps_per_s": 50.0,
+        },
         {"policy": "local"},
         emulated_steps_per_second=2000.0,
     )
-    status = wait_for(lambda: _scheduler(a)["ready"] and _scheduler(a), 60.0, "lad warm-started")
+    status = wait_for(lambda: _scheduler(a)["ready"] and _scheduler(a), 120.0, "lad warmed up")
     assert status["policy"] == "lad" and status["learn"] is True
-    assert status["loaded_from"] is None  # a fresh actor, warm-started from greedy
+    assert status["loaded_from"] is None and status["trained_steps"] == 0
+    assert status["warm_start"].startswith("greedy on")
     request = GenerationRequest(prompt="learn from me", steps=2, width=256, height=256)
     with a.client() as client:
         dones = [client.generate(request)[1] for _ in range(10)]
@@ -47,7 +69,7 @@ def test_online_learning_trains_from_real_results_and_the_checkpoint_reloads(
 
 
 def test_a_checkpoint_for_another_cluster_size_stops_the_agent_with_a_config_error(
-    agent_factory: Any, tmp_path: Path
+    agent_factory: Any, tmp_path: Path, quick_warm_start: None
 ) -> None:
     from dedgeai.scheduler.online import ClusterScheduler
 
@@ -75,7 +97,13 @@ def test_a_checkpoint_for_another_cluster_size_stops_the_agent_with_a_config_err
     ],
 )
 def test_policy_actions_decide_how_the_learned_policy_picks(
-    tmp_path: Path, policy: str, actions: str, deterministic: bool, drawn: bool, epsilon: float
+    tmp_path: Path,
+    quick_warm_start: None,
+    policy: str,
+    actions: str,
+    deterministic: bool,
+    drawn: bool,
+    epsilon: float,
 ) -> None:
     from dedgeai.agent.cluster.learning import SchedulerHost
 
@@ -89,7 +117,7 @@ def test_policy_actions_decide_how_the_learned_policy_picks(
 
 
 def test_a_b7_lad_checkpoint_drawn_from_is_warned_about(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, quick_warm_start: None
 ) -> None:
     """An older agent checkpoint (ε through a softmax) has a flat π: say so at load."""
     from dedgeai.agent.cluster.learning import SchedulerHost

@@ -31,7 +31,9 @@ def _node(agent: Any) -> str:
         return client.status()["agent"]["node"]
 
 
-def _started_pair(agent_factory: Any, a_gossip_s: float, b_steps_per_s: float) -> tuple[Any, Any]:
+def _started_pair(
+    agent_factory: Any, a_gossip_s: float, b_steps_per_s: float, b_gossip_s: float = 0.2
+) -> tuple[Any, Any]:
     """Origin a and target b (round-robin, b slow), both up, a knowing b's capacity; a's
     next task goes to b (round-robin's first one ran at a)."""
     ends = [f"tcp://127.0.0.1:{port}" for port in free_ports(2)]
@@ -43,7 +45,7 @@ def _started_pair(agent_factory: Any, a_gossip_s: float, b_steps_per_s: float) -
         endpoint=ends[1],
         peers=ends,
         policy="round-robin",
-        gossip_interval_s=0.2,
+        gossip_interval_s=b_gossip_s,
         emulated_steps_per_second=b_steps_per_s,
     )
     for agent in (a, b):
@@ -70,7 +72,10 @@ def _submit_forwarded(origin: Any, request: GenerationRequest) -> tuple[zmq.Sock
 def test_restarted_peer_resumes_a_forwarded_task_and_returns_it_once(agent_factory):
     # The origin gossips slowly (down after 3 x 60 s): the target stays "up" across its
     # restart however long the restart takes on a loaded machine; no race with the clock.
-    a, b = _started_pair(agent_factory, a_gossip_s=60.0, b_steps_per_s=10.0)
+    # The target gossips every second: a loop of its that stands still for 2 s on a busy
+    # machine is taken for a freeze (the forwarded task is then held until its origin asks
+    # again, which this origin does only after 3 x 60 s); at 0.2 s that was 0.4 s.
+    a, b = _started_pair(agent_factory, a_gossip_s=60.0, b_steps_per_s=10.0, b_gossip_s=1.0)
     node_a, node_b = _node(a), _node(b)
     slow = GenerationRequest(prompt="forwarded, then resumed", steps=25, width=512, height=512)
     sock, task = _submit_forwarded(a, slow)

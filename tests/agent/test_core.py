@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from dedgeai.agent.node import protocol as p
-from dedgeai.agent.node.core import AgentCore, CancelJob, Persist, Send, StartJob
+from dedgeai.agent.node.core import AgentCore, CancelJob, Persist, Place, Send, StartJob
 from dedgeai.agent.node.protocol import NodeId, TaskId
+from dedgeai.agent.node.records import Placement
 from dedgeai.agent.node.tasks import Started, TaskRecord, TaskState, apply
 from dedgeai.agent.node.worker import JobFinished, JobStopped, StepDone
+from dedgeai.agent.security.authority import Principal, Role
 from dedgeai.models.backend import GenerationRequest
 
 ROUTE = (b"client",)
@@ -151,6 +153,28 @@ def test_resubmit_with_known_id_is_idempotent():
     assert len(core.queue) == 1
 
 
+def test_a_retried_submit_in_the_turn_its_task_finished_is_not_run_again():
+    """The finish leaves ``tasks`` at once but is committed at the end of the turn: a retried
+    submit, a result and a cancel read in that turn must see the finished task, not the
+    journal's stale row (the crash-recovery test caught a second run this way)."""
+    core, store = _core()
+    task = "0b6a8a4e-6d8a-4b8e-9d5e-3f1f2f0a1b2c"
+    store.persist(core.handle(ROUTE, _submit("a", task=task), now=1.0))
+    store.persist(core.plan(now=1.0))
+    finished = core.on_worker(JobFinished(task, 2.0, {"task": task, "steps": 3}, b"PNG"), now=2.0)
+    store.images[task] = b"PNG"  # the worker wrote the result; the done row is not committed
+    assert store.finished(task) is None
+    again = core.handle(ROUTE, _submit("b", task=task), now=2.0)
+    assert not [e for e in again if isinstance(e, Persist | StartJob)] and not core.queue
+    assert _sends(again)[0]["type"] == "accepted" and _sends(again)[0]["task"] == task
+    result = _sends(core.handle(ROUTE, p.ResultRequest("r", TaskId(task), wait=False), now=2.0))
+    assert result[0]["type"] == "done"
+    cancel = _sends(core.handle(ROUTE, p.CancelRequest("c", TaskId(task)), now=2.0))
+    assert cancel[0]["type"] == "error" and "already ended" in cancel[0]["message"]
+    store.persist(finished)
+    assert store.saved[task].attempts == 1
+
+
 def test_recovery_requeues_running_and_keeps_stored_results():
     core, store = _core()
     request = GenerationRequest(prompt="p", steps=3, width=256, height=256)
@@ -166,3 +190,80 @@ def test_recovery_requeues_running_and_keeps_stored_results():
     states = {e.task.id: e.task.state for e in effects if isinstance(e, Persist)}
     assert states == {"t1": TaskState.QUEUED, "t2": TaskState.DONE}
     assert list(core.queue) == ["t1", "t3"]  # journal order kept
+
+
+class CountingStore(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    def finished(self, task: str) -> TaskRecord | None:
+        self.lookups += 1
+        return super().finished(task)
+
+
+def test_a_new_task_id_needs_no_journal_read_once_the_ids_are_known():
+    store = CountingStore()
+    core = AgentCore(NodeId("node-1"), 8, store)
+    new = "3f0f4a52-0000-4000-8000-000000000001"
+    core.handle(ROUTE, _submit("r0", task=new), now=1.0)
+    assert store.lookups == 1  # no ids remembered: every id is looked up
+    core.remember([])  # what the daemon does at start with the journal's ids
+    fresh = "3f0f4a52-0000-4000-8000-000000000002"
+    effects = core.handle(ROUTE, _submit("r1", task=fresh), now=1.0)
+    assert store.lookups == 1 and _sends(effects)[0]["type"] == "accepted"
+    store.persist(effects)
+    store.persist(core.handle(ROUTE, p.CancelRequest("c1", TaskId(fresh)), now=2.0))
+    assert store.saved[fresh].state is TaskState.CANCELLED and TaskId(fresh) not in core.tasks
+    again = _sends(core.handle(ROUTE, _submit("r2", task=fresh), now=4.0))
+    # idempotent, not run twice; a just-finished task is found in memory, no journal read
+    assert store.lookups == 1 and again[0]["type"] == "accepted"
+    assert TaskId(fresh) not in core.tasks and TaskId(fresh) not in core.queue
+    core.recently_finished.clear()  # an older finished task: the journal is read
+    again = _sends(core.handle(ROUTE, _submit("r2b", task=fresh), now=4.5))
+    assert store.lookups == 2 and again[0]["type"] == "accepted"
+    core.forget([fresh])  # deleted by retention: a later submit of it is new again
+    core.handle(ROUTE, _submit("r3", task=fresh), now=5.0)
+    assert store.lookups == 2 and TaskId(fresh) in core.tasks
+
+
+def test_a_known_id_of_another_client_is_still_refused_with_known_ids():
+    store = CountingStore()
+    core = AgentCore(NodeId("node-1"), 8, store)
+    taken = "3f0f4a52-0000-4000-8000-000000000003"
+    store.saved[taken] = TaskRecord(
+        TaskId(taken), "node-1", _submit("x").request, 1, 0.0, TaskState.DONE, owner="key:a"
+    )
+    core.remember([taken])
+    bob = Principal("key:b", Role.CLIENT)
+    reply = _sends(core.handle(ROUTE, _submit("r1", task=taken), now=1.0, sender=bob))[0]
+    assert reply["code"] == "forbidden" and store.lookups == 1
+
+
+def test_a_single_box_core_places_nothing_and_a_clustered_one_asks_first():
+    core, _ = _core()
+    core.join_cluster({"node": "node-1", "name": "a"}, peers=False)
+    assert [type(e) for e in core.handle(ROUTE, _submit("r1"), now=1.0)] == [Persist, Send]
+    core.join_cluster({"node": "node-1", "name": "a"}, peers=True)
+    effects = core.handle(ROUTE, _submit("r2"), now=1.0)
+    assert [type(e) for e in effects] == [Place]  # the `accepted` waits for the placement
+    task = effects[0].task.id
+    assert core.owned() == 2 and task not in core.queue  # counted, not yet runnable
+    assert core.plan(now=1.0)[1].job.task != task
+    placed = core.placed(task, Placement(local=True, target=0, policy="greedy"), now=1.1)
+    assert [type(e) for e in placed] == [Persist, Send]
+    assert placed[0].task.placement["policy"] == "greedy" and list(core.queue) == [task]
+    assert placed[1].message["type"] == "accepted" and placed[1].message["task"] == task
+    assert core.placed(task, Placement(local=True), now=1.2) == []  # answered once
+
+
+def test_a_task_cancelled_before_its_placement_still_gets_its_accepted_first():
+    core, _ = _core()
+    core.join_cluster({"node": "node-1"}, peers=True)
+    (place,) = core.handle(ROUTE, _submit("r1"), now=1.0)
+    task = place.task.id
+    cancel = core.handle((b"c2",), p.CancelRequest("r2", task), now=1.0)
+    assert _sends(cancel)[-1]["state"] == "cancelled" and task not in core.tasks
+    placed = core.placed(task, Placement(local=False, target=1, name="b"), now=1.1)
+    assert [type(e) for e in placed] == [Send]  # not forwarded: it ended already
+    assert placed[0].message["type"] == "accepted" and placed[0].message["position"] == 0

@@ -15,7 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from dedgeai.agent.client.cli import app
-from dedgeai.agent.lab.demo import EMULATED_SPEEDS, DemoOptions, arrival_rate, render_table
+from dedgeai.agent.lab.demo import (
+    EMULATED_SPEEDS,
+    DemoOptions,
+    arrival_rate,
+    decision_text,
+    render_table,
+)
 from dedgeai.agent.lab.harness import LocalCluster, free_ports
 from dedgeai.agent.lab.load import (
     Outcome,
@@ -80,6 +86,55 @@ def test_demo_emulated_is_labelled_and_forwards(tmp_path: Path) -> None:
     # greedy sends work from the slower agents to faster idle peers
     assert all(t["policy"] == "greedy" for t in tasks)
     assert any(t["ran_on"] != t["origin"] for t in tasks)
+
+
+def test_demo_does_not_wait_for_a_learned_policy(tmp_path: Path) -> None:
+    """A learned policy (lad) warms up in the background: the demo submits once the agents
+    can place tasks, greedy decides meanwhile and the output says so; agents stopped in the
+    middle of the warm-up still exit cleanly (exit 0 needs every agent's exit code 0)."""
+    out = tmp_path / "lad"
+    proc = _dedgeai(
+        "demo", "--tasks", "3", "--agents", "2", "--emulate", "--steps", "2",
+        "--policy", "lad", "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tasks = json.loads((out / "demo.json").read_text())["tasks"]
+    assert [t["state"] for t in tasks] == ["done"] * 3
+    for task in tasks:  # the learned policy, or greedy standing in for it, saying why
+        assert task["policy"] == "lad" or (
+            task["policy"] == "greedy" and task["reason"].startswith("lad ")
+        ), task
+    fallbacks = [t for t in tasks if t["policy"] == "greedy"]
+    assert all(f"task {tasks.index(t) + 1}: " in proc.stdout for t in tasks)
+    if fallbacks:
+        assert "greedy (lad warming up)" in proc.stdout or "greedy (lad busy" in proc.stdout
+
+
+def test_a_warm_up_is_cancelled_by_stop() -> None:
+    """``SchedulerHost.stop()`` during a fresh actor's warm start ends the thread; the process
+    then exits 0 (a thread left inside torch makes the exit abort: SIGABRT, -6)."""
+    script = """
+import sys
+import tempfile
+from pathlib import Path
+from dedgeai.agent.cluster.learning import SchedulerHost
+from dedgeai.agent.lab.harness import wait_for
+
+with tempfile.TemporaryDirectory() as state:
+    host = SchedulerHost("lad", 3, 0, Path(state), seed=1).start()
+    # torch and the scheduler imported: the thread is building the actor (or about to)
+    wait_for(lambda: "dedgeai.scheduler.online" in sys.modules, 120.0, "the warm start")
+    host.stop()
+    assert not host._thread.is_alive()
+    assert host.status()["state"] == "warming", host.status()  # cancelled, not failed
+    assert not (Path(state) / "policy.pt").exists()
+print("stopped")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=DEMO_TIMEOUT_S
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "stopped"
 
 
 def test_demo_rejects_bad_options() -> None:
@@ -175,3 +230,27 @@ def test_table_labels_emulated_runs() -> None:
     console.print(render_table([outcome], ["a dog runs"], options))
     text = console.export_text()
     assert "EMULATED" in text and "agent-2" in text and "lad: p=0.80" in text
+
+
+def test_decision_text_says_when_greedy_stands_in() -> None:
+    o = Outcome(0, "t", "agent-0", 12, policy="greedy", reason="lad warming up: finish 0.4 s")
+    assert decision_text(o) == "greedy (lad warming up): finish 0.4 s"
+    o.reason = "sac busy training: finish 0.2 s"
+    assert decision_text(o) == "greedy (sac busy training): finish 0.2 s"
+    o.policy, o.reason = "greedy", "earliest estimated finish 0.3 s"  # greedy chosen
+    assert decision_text(o) == "greedy: earliest estimated finish 0.3 s"
+    o.policy, o.reason = "lad", "drawn p=0.8"
+    assert decision_text(o) == "lad: drawn p=0.8"
+    assert decision_text(Outcome(1, "u", "agent-1", 12)) == ""
+
+
+def test_table_shows_the_prompts_and_what_it_waits_for() -> None:
+    from rich.console import Console
+
+    options = DemoOptions()
+    outcomes = [Outcome(i, f"t{i}", "agent-0", 3) for i in range(2)]
+    console = Console(width=160, record=True)
+    console.print(render_table(outcomes, ["a dog runs", "a red fox"], options, "agent-1: loading"))
+    text = console.export_text()
+    assert "a dog runs" in text and "a red fox" in text and "agent-1: loading" in text
+    assert text.count("waiting") == 2  # the rows' state; nothing submitted yet

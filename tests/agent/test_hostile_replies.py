@@ -300,7 +300,7 @@ def _maps(keys: tuple[str, ...]) -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries({}, optional=dict.fromkeys(keys, values))
 
 
-@settings(max_examples=150, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     status=_maps(STATUS_KEYS),
     cluster=_maps(CLUSTER_KEYS),

@@ -64,7 +64,7 @@ def test_exploration_stays_on_live_servers(method: str) -> None:
         assert 0.2 < differs < 0.6
 
 
-def test_cluster_scheduler_argmax_mode() -> None:
+def test_cluster_scheduler_argmax_mode(quick_warm_start: None) -> None:
     rng = np.random.default_rng(4)
     available = np.array([True, False, True, True])
     scheduler = ClusterScheduler("lad", B, 0, seed=1, deterministic=True, explore_epsilon=0.0)

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from dedgeai.scheduler.checkpoints import save_trained
-from dedgeai.scheduler.config import Switches, get_preset
-from dedgeai.scheduler.errors import CheckpointError, ConfigurationError
+from dedgeai.scheduler.config import LearnConfig, Switches, get_preset
+from dedgeai.scheduler.errors import CheckpointError, ConfigurationError, WarmStartCancelled
 from dedgeai.scheduler.online import (
     POLICIES,
+    WARM_START_SAMPLES,
     ClusterScheduler,
     ClusterState,
     TaskSpec,
@@ -57,7 +58,7 @@ def test_round_robin_skips_down_servers_and_local_falls_back() -> None:
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_no_policy_picks_a_down_server(policy: str) -> None:
+def test_no_policy_picks_a_down_server(policy: str, quick_warm_start: None) -> None:
     rng = np.random.default_rng(3)
     available = np.array([True, False, True, False])
     scheduler = ClusterScheduler(policy, B, 0, seed=1, learn=True)
@@ -69,7 +70,7 @@ def test_no_policy_picks_a_down_server(policy: str) -> None:
         assert placement.probs[~available].sum() == 0.0
 
 
-def test_learned_policy_records_rewards_and_trains(tmp_path: Path) -> None:
+def test_learned_policy_records_rewards_and_trains(tmp_path: Path, quick_warm_start: None) -> None:
     scheduler = ClusterScheduler("lad", B, 2, seed=0, learn=True)
     rng = np.random.default_rng(0)
     for i in range(400):
@@ -82,6 +83,51 @@ def test_learned_policy_records_rewards_and_trains(tmp_path: Path) -> None:
     assert scheduler.save(tmp_path / "policy.pt")
     reloaded = ClusterScheduler("lad", B, 2, checkpoint=tmp_path / "policy.pt", learn=True)
     assert reloaded.trained_steps == 1
+
+
+def test_the_configured_warm_up_wins_over_the_checkpoints_own(
+    tmp_path: Path, quick_warm_start: None
+) -> None:
+    """An agent's ``learn_warmup`` paces learning from a saved policy too (it was ignored)."""
+    saved = ClusterScheduler("lad", B, 0, seed=0, learn=True, learn_config=LearnConfig(warmup=300))
+    saved.save(tmp_path / "policy.pt")
+    quick = LearnConfig(warmup=4, batch_size=4)
+    reloaded = ClusterScheduler(
+        "lad", B, 0, checkpoint=tmp_path / "policy.pt", learn=True, learn_config=quick
+    )
+    rng = np.random.default_rng(3)
+    for i in range(6):  # far fewer than the checkpoint's 300
+        reloaded.decide(TaskSpec(float(rng.uniform(5, 40)), 0.01), _cluster(rng), f"t{i}")
+        assert reloaded.complete(f"t{i}", 1.0)
+    assert reloaded.train_step() is not None and reloaded.trained_steps == 1
+    kept = ClusterScheduler("lad", B, 0, checkpoint=tmp_path / "policy.pt", learn=True)
+    for i in range(6):  # without a config, the checkpoint's own warm-up still applies
+        kept.decide(TaskSpec(float(rng.uniform(5, 40)), 0.01), _cluster(rng), f"t{i}")
+        assert kept.complete(f"t{i}", 1.0)
+    assert kept.train_step() is None
+
+
+def test_a_warm_start_stops_when_its_caller_says_so() -> None:
+    """``should_stop`` is asked while the states are built and at every cloning step."""
+    asked = 0
+
+    def after(n: int):
+        def should_stop() -> bool:
+            nonlocal asked
+            asked += 1
+            return asked > n
+
+        return should_stop
+
+    with pytest.raises(WarmStartCancelled):
+        ClusterScheduler("lad", B, 0, seed=0, should_stop=after(0))
+    assert asked == 1  # before the first synthetic state
+    asked = 0
+    with pytest.raises(WarmStartCancelled):
+        ClusterScheduler("sac", B, 0, seed=0, should_stop=after(WARM_START_SAMPLES // 256 + 3))
+    assert asked == WARM_START_SAMPLES // 256 + 4  # three cloning steps ran, the fourth did not
+    scheduler = ClusterScheduler("dqn", B, 0, seed=0, should_stop=lambda: False)
+    assert scheduler.learns is False and scheduler.policy == "dqn"
 
 
 def test_warm_start_beats_chance() -> None:
@@ -193,7 +239,9 @@ def test_fresh_lad_drawn_decisions_fit_the_soft_greedy_teacher() -> None:
     assert float(np.mean(extra)) < 0.3  # seconds; measured ~0.07 (B7 on: ~1.0)
 
 
-def test_a_fresh_lad_checkpoint_reloads_with_its_switches(tmp_path: Path) -> None:
+def test_a_fresh_lad_checkpoint_reloads_with_its_switches(
+    tmp_path: Path, quick_warm_start: None
+) -> None:
     """The agent's fresh LAD has ε unconstrained (B7 off); its checkpoint says so, and a
     reload decides exactly as the saved actor (old checkpoints, without the key, keep B7)."""
     capacity = np.array([20.0, 10.0, 7.2, 12.8])

@@ -1,5 +1,6 @@
 """The daemon-facing policy API: delayed rewards, training steps and checkpoints."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,23 @@ def test_sim_checkpoint_loads_one_agent_row(tmp_path: Path) -> None:
     )
     assert torch.equal(
         policy.learner.sac.critics.l1.weight[1], learner.sac.critics.l1.weight[4 + 2]
+    )
+
+
+def test_five_agents_with_five_denoising_steps_keep_the_shared_step_embedding(
+    tmp_path: Path,
+) -> None:
+    """The step embedding [I, E] is shared: with I == A == 5 it must not be sliced."""
+    preset = get_preset("small")
+    env = replace(preset.env, n_servers=5)
+    learn = replace(preset.learn, denoising_steps=5)
+    learner, _ = train("lad", replace(preset, env=env, learn=learn), Switches(), seed=0, episodes=1)
+    assert learner.actor.time_emb.shape[0] == learner.n_agents == 5
+    save_trained(tmp_path / "policy.pt", learner, "lad", 1, 0)
+    policy = OnlinePolicy.load(tmp_path / "policy.pt", agent=3)
+    assert torch.equal(policy.learner.actor.time_emb, learner.actor.time_emb)
+    assert torch.equal(
+        policy.learner.actor.eps_net.l1.weight[0], learner.actor.eps_net.l1.weight[3]
     )
 
 
