@@ -85,7 +85,7 @@ class ClusterScheduler(HeuristicScheduler):
         capacities: np.ndarray | None = None,
         mean_path: bool = False,
         should_stop: Callable[[], bool] | None = None,
-        warm_start_steps: int = WARM_START_STEPS,
+        warm_start_steps: int | None = None,
         actor: str = "ladn",
     ) -> None:
         """``deterministic``: a learned policy takes the most likely action (argmax of π,
@@ -96,7 +96,8 @@ class ClusterScheduler(HeuristicScheduler):
         ``capacities``: every server's measured speed (steps/s), for a fresh actor's warm
         start (see ``_warm_start``). ``should_stop``: asked during that warm start; when it
         says so the constructor raises :class:`WarmStartCancelled` (an agent stopping).
-        ``warm_start_steps``: cloning steps of that warm start (the agent's setting).
+        ``warm_start_steps``: cloning steps of that warm start (the agent's setting; None:
+        ``WARM_START_STEPS``).
         ``actor`` (``lad`` only): ``ladn``, the paper's network over the whole state, or
         ``scorer``, the per-server LAD scorer of ``lad_scorer.py`` (any cluster size; it
         decides with its warm start or ``checkpoint``: no online learning yet)."""
@@ -114,7 +115,8 @@ class ClusterScheduler(HeuristicScheduler):
             else:
                 self._scorer = LADScorer(seed=seed)
                 capacities = sane_capacities(capacities, n_servers)
-                self._scorer.warm_start(capacities, warm_start_steps, should_stop=should_stop)
+                steps = {} if warm_start_steps is None else {"steps": warm_start_steps}
+                self._scorer.warm_start(capacities, should_stop=should_stop, **steps)
         self._learn = learn and policy in LEARNED
         if not 0.0 <= explore_epsilon <= 1.0:
             raise ConfigurationError(f"explore_epsilon {explore_epsilon} outside [0, 1]")

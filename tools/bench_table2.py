@@ -118,7 +118,9 @@ def run(profile: str, speed: float, args: argparse.Namespace) -> list[dict[str, 
              "mean_s": float(np.mean(np.cumsum(trace.steps) / speed))}
         )  # fmt: skip
         for name in POLICIES:
-            result = Twin(sc, make_policy(name, ckpt, seed=args.seed), args.seed, trace=trace).run()
+            result = Twin(
+                sc, make_policy(name, ckpt, seed=args.seed, batched=False), args.seed, trace=trace
+            ).run()
             rows.append(
                 {
                     "profile": profile,

@@ -100,7 +100,7 @@ class SchedulerHost:
         train_steps_per_s: float = 2.0,
         learn_warmup: int = 300,
         seed: int = 0,
-        warm_start_steps: int = 2000,
+        warm_start_steps: int | None = None,  # None: the scheduler's WARM_START_STEPS
         policy_actions: str = "sample",
         explore_epsilon: float = 0.02,
         capacities: CapacityProbe | None = None,
