@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -810,3 +811,44 @@ class Twin:
 def simulate(scenario: Scenario, policy: Policy, seed: int = 0, **kw: Any) -> TwinResult:
     """One run: ``Twin(scenario, policy, seed, **kw).run()``."""
     return Twin(scenario, policy, seed, **kw).run()
+
+
+def ratio_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Twin runs (``Result.summary`` + boxes, load, policy, seed) -> one row per (boxes, load,
+    policy): means over seeds, and mean and p99 as ratios to the omniscient run of the same
+    seed (cells without one are left out)."""
+    ideal = {(r["boxes"], r["load"], r["seed"]): r for r in rows if r["policy"] == "omniscient"}
+    cells: dict[tuple[int, float, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["boxes"], r["load"], r["policy"]), []).append(r)
+    table = []
+    for (n, load, name), runs in sorted(cells.items()):
+        ratios = [
+            (
+                r["mean_s"] / ideal[(n, load, r["seed"])]["mean_s"],
+                r["p99_s"] / ideal[(n, load, r["seed"])]["p99_s"],
+            )
+            for r in runs
+            if (n, load, r["seed"]) in ideal
+        ]
+        if not ratios:
+            continue
+        means, p99s = zip(*ratios, strict=True)
+        table.append(
+            {
+                "boxes": n,
+                "load": load,
+                "policy": name,
+                "seeds": len(runs),
+                "mean_s": statistics.fmean(r["mean_s"] for r in runs),
+                "p99_s": statistics.fmean(r["p99_s"] for r in runs),
+                "mean_ratio": statistics.fmean(means),
+                "mean_ratio_min": min(means),
+                "mean_ratio_max": max(means),
+                "p99_ratio": statistics.fmean(p99s),
+                "forwarded": statistics.fmean(r["forwarded_fraction"] for r in runs),
+                "wall_s": sum(r["wall_s"] for r in runs),
+                "run_wall_s": statistics.fmean(r["wall_s"] for r in runs),
+            }
+        )
+    return table

@@ -26,14 +26,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from dedgeai.scheduler.lad_scorer import LADScorer  # noqa: E402
-from dedgeai.scheduler.twin import Twin  # noqa: E402
+from dedgeai.scheduler.twin import Twin, ratio_table  # noqa: E402
 from dedgeai.scheduler.twin_policies import make_policy  # noqa: E402
 from dedgeai.scheduler.twin_scenarios import paper  # noqa: E402
 from dedgeai.scheduler.twin_train import warm_checkpoint  # noqa: E402
@@ -87,34 +86,6 @@ def run(job: tuple[int, float, int, str, int, Path]) -> dict[str, Any]:
     row = Twin(sc, policy, seed=seed).run().summary()
     row.update(boxes=n, load=load, policy=name, seed=seed)
     return row
-
-
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    ideal = {(r["boxes"], r["load"], r["seed"]): r for r in rows if r["policy"] == "omniscient"}
-    cells: dict[tuple[int, float, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        if (r["boxes"], r["load"], r["seed"]) in ideal:
-            cells.setdefault((r["boxes"], r["load"], r["policy"]), []).append(r)
-    table = []
-    for (n, load, name), runs in sorted(cells.items()):
-        ref = [ideal[(n, load, r["seed"])] for r in runs]
-        table.append(
-            {
-                "boxes": n,
-                "load": load,
-                "policy": name,
-                "seeds": len(runs),
-                "mean_s": statistics.fmean(r["mean_s"] for r in runs),
-                "mean_ratio": statistics.fmean(
-                    r["mean_s"] / i["mean_s"] for r, i in zip(runs, ref, strict=True)
-                ),
-                "p99_ratio": statistics.fmean(
-                    r["p99_s"] / i["p99_s"] for r, i in zip(runs, ref, strict=True)
-                ),
-                "run_wall_s": statistics.fmean(r["wall_s"] for r in runs),
-            }
-        )
-    return table
 
 
 def markdown(table: list[dict[str, Any]], policies: list[str]) -> str:
@@ -175,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     # The table: every run at this task count in the rows file (so that a separate
     # ``--sizes 1024 --loads 0.9`` run joins the 8–128 ones).
     keep = [r for r in rows if r["tasks"] == args.tasks]
-    table = aggregate(keep)
+    table = ratio_table(keep)
     text = markdown(table, [*POLICIES, *(p for p in args.policies if p not in POLICIES)])
     print(text)
     args.json.write_text(

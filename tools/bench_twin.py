@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from dedgeai.scheduler.twin import Twin  # noqa: E402
+from dedgeai.scheduler.twin import Twin, ratio_table  # noqa: E402
 from dedgeai.scheduler.twin_policies import make_policy  # noqa: E402
 from dedgeai.scheduler.twin_scenarios import (  # noqa: E402
     REQUEST_OVERHEAD_BYTES,
@@ -142,43 +142,6 @@ def run_cell(job: tuple[int, float, int, str, argparse.Namespace]) -> dict[str, 
     return row
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    ideal = {(r["boxes"], r["load"], r["seed"]): r for r in rows if r["policy"] == "omniscient"}
-    cells: dict[tuple[int, float, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        cells.setdefault((r["boxes"], r["load"], r["policy"]), []).append(r)
-    table = []
-    for (n, load, name), runs in sorted(cells.items()):
-        ratios = [
-            (
-                r["mean_s"] / ideal[(n, load, r["seed"])]["mean_s"],
-                r["p99_s"] / ideal[(n, load, r["seed"])]["p99_s"],
-            )
-            for r in runs
-            if (n, load, r["seed"]) in ideal
-        ]
-        if not ratios:
-            continue
-        means, p99s = zip(*ratios, strict=True)
-        table.append(
-            {
-                "boxes": n,
-                "load": load,
-                "policy": name,
-                "seeds": len(runs),
-                "mean_s": statistics.fmean(r["mean_s"] for r in runs),
-                "p99_s": statistics.fmean(r["p99_s"] for r in runs),
-                "mean_ratio": statistics.fmean(means),
-                "mean_ratio_min": min(means),
-                "mean_ratio_max": max(means),
-                "p99_ratio": statistics.fmean(p99s),
-                "forwarded": statistics.fmean(r["forwarded_fraction"] for r in runs),
-                "wall_s": sum(r["wall_s"] for r in runs),
-            }
-        )
-    return table
-
-
 def print_cells(table: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """One table per cluster size: a row per policy, a column per load."""
     by = {(t["boxes"], t["load"], t["policy"]): t for t in table}
@@ -245,7 +208,7 @@ def cells(args: argparse.Namespace) -> dict[str, Any]:
             sink.write(json.dumps(row, default=float) + "\n")
             sink.flush()
             _progress(i, len(jobs), row, started)
-    table = aggregate(rows)
+    table = ratio_table(rows)
     print_cells(table, args)
     return {"rows": rows, "table": table, "wall_s": time.perf_counter() - started}
 

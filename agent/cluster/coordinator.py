@@ -121,6 +121,7 @@ class Cluster:
             config.learn_warmup,
             warm_start_steps=config.warm_start_steps,
             policy_actions=config.policy_actions,
+            lad_actor=config.lad_actor,
             explore_epsilon=config.explore_epsilon,
             capacities=lambda: self.capacities_snapshot,  # read on the training thread
             seed=node_seed(core.node),

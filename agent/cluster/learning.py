@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dedgeai.agent.cluster.guard import LEARNED_STATE, PolicyGuard
 from dedgeai.agent.errors import ConfigError
 from dedgeai.scheduler.cluster_state import LEARNED, HeuristicScheduler
 from dedgeai.scheduler.errors import (
@@ -101,6 +102,7 @@ class SchedulerHost:
         learn_warmup: int = 300,
         seed: int = 0,
         warm_start_steps: int | None = None,  # None: the scheduler's WARM_START_STEPS
+        lad_actor: str = "ladn",
         policy_actions: str = "sample",
         explore_epsilon: float = 0.02,
         capacities: CapacityProbe | None = None,
@@ -109,7 +111,9 @@ class SchedulerHost:
         fresh learned actor waits up to ``CAPACITY_WAIT_S`` for it before its warm start."""
         self.policy, self.n_servers, self.self_index = policy, n_servers, self_index
         self.save_path = state_dir / "policy.pt"
-        self.learn = learn and policy in LEARNED and n_servers >= 2
+        # The per-server scorer decides with its warm start: it does not learn online yet.
+        scorer = policy == "lad" and lad_actor == "scorer"
+        self.learn = learn and policy in LEARNED and n_servers >= 2 and not scorer
         self.train_period_s = 1.0 / train_steps_per_s
         self.lock = threading.Lock()
         # (task id, delay) to reward; (task id, None) to abandon
@@ -117,6 +121,9 @@ class SchedulerHost:
             maxlen=MAX_QUEUED_REWARDS
         )
         self.fallback = HeuristicScheduler("greedy", n_servers, self_index, seed=seed)
+        # A learned policy's decisions are shared with greedy as a control (agent/cluster/guard):
+        # greedy takes over while the learned policy's recent delays are worse.
+        self.guard = PolicyGuard(seed) if policy in LEARNED and n_servers >= 2 else None
         self.capacities = capacities
         stats: dict[str, Any] = {
             "trained_steps": 0,
@@ -134,6 +141,7 @@ class SchedulerHost:
             "abandoned": 0,  # transitions dropped without a reward (failed/cancelled tasks)
             "rejected_rewards": 0,  # delays not finite and > 0
             "clipped_rewards": 0,  # delays over MAX_REWARD_DELAY_S
+            "guard_decisions": 0,  # decided by greedy as the guard's control (or its fallback)
         }
         self.stats = HostStats(stats)
         self._pending_interval = False
@@ -152,6 +160,8 @@ class SchedulerHost:
             "mean_path": not argmax,
             "warm_start_steps": warm_start_steps,
         }
+        if scorer:  # scheduler/lad_scorer.py
+            self._kwargs["actor"] = "scorer"
         self.scheduler: Any = None
         source = self.save_path if self.save_path.exists() else None
         if source is None and checkpoint:
@@ -244,6 +254,17 @@ class SchedulerHost:
     def decide(self, task: Any, cluster: Any, task_id: str | None) -> Any:
         """A placement now: the policy's when it is free, else greedy's (never waits)."""
         scheduler = self.scheduler
+        guard = self.guard if scheduler is not None and task_id is not None else None
+        if guard is not None and guard.arm(task_id) == "control":  # type: ignore[arg-type]
+            self.stats["guard_decisions"] += 1
+            placement = self.fallback.decide(task, cluster)
+            why = "guard control" if guard.state == LEARNED_STATE else "guard fallback"
+            return type(placement)(
+                placement.target,
+                placement.probs,
+                "greedy",
+                f"{self.policy} {why}: {placement.reason}",
+            )
         if scheduler is not None and self.lock.acquire(blocking=False):
             try:
                 if self._pending_interval:
@@ -252,6 +273,8 @@ class SchedulerHost:
                 return scheduler.decide(task, cluster, task_id=task_id)
             finally:
                 self.lock.release()
+        if guard is not None:
+            guard.forget(task_id)  # type: ignore[arg-type]  # decided by neither arm
         self.stats["fallback_decisions"] += 1
         placement = self.fallback.decide(task, cluster)
         why = "busy training"
@@ -270,12 +293,17 @@ class SchedulerHost:
         Only for tasks that are done (``abandon`` the others). A delay that is not a
         finite number > 0 gives no reward (``rejected_rewards``; the transition is dropped);
         one over ``MAX_REWARD_DELAY_S`` is clipped to it (``clipped_rewards``)."""
-        if not self.learn:
-            return
         try:
             delay = float(delay_s)
         except (TypeError, ValueError):
             delay = math.nan
+        if self.guard is not None:
+            if math.isfinite(delay) and delay > 0:
+                self.guard.observed(task_id, min(delay, MAX_REWARD_DELAY_S))
+            else:
+                self.guard.forget(task_id)
+        if not self.learn:
+            return
         if not (math.isfinite(delay) and delay > 0):
             self.stats["rejected_rewards"] += 1
             self.rewards.append((task_id, None))
@@ -287,6 +315,8 @@ class SchedulerHost:
 
     def abandon(self, task_id: str) -> None:
         """A placed task failed, was cancelled or was reclaimed for good: no reward."""
+        if self.guard is not None:
+            self.guard.forget(task_id)
         if self.learn:
             self.rewards.append((task_id, None))
 
@@ -412,7 +442,9 @@ class SchedulerHost:
             rejected, dropped = scheduler.rejected_updates, scheduler.dropped_transitions
         return {
             "policy": self.policy,
+            "actor": self._kwargs.get("actor", "ladn") if self.policy == "lad" else None,
             "learn": self.learn,
+            "guard": self.guard.status() if self.guard is not None else None,
             **self.stats.snapshot(),  # the training thread may add a key meanwhile
             "total_steps": total,
             "insane_states": insane,  # decided by greedy on a sanitised state, not recorded

@@ -267,6 +267,15 @@ KEYS: tuple[Key, ...] = (
         _one_of("argmax", "sample"),
     ),
     Key(
+        "lad_actor",
+        str,
+        "ladn",
+        "the network behind policy = lad: ladn (the paper's, over the whole state; learns online)"
+        " or scorer (one shared-weight network per server, for any cluster size; its warm start o"
+        "nly: no online learning yet)",
+        _one_of("ladn", "scorer"),
+    ),
+    Key(
         "explore_epsilon",
         float,
         0.02,
@@ -354,6 +363,7 @@ class AgentConfig:
     learn: bool = True
     policy_checkpoint: str = ""
     policy_actions: str = "sample"
+    lad_actor: str = "ladn"
     explore_epsilon: float = 0.02
     train_steps_per_s: float = 2.0
     learn_warmup: int = 300

@@ -132,3 +132,33 @@ def test_a_b7_lad_checkpoint_drawn_from_is_warned_about(
     caplog.clear()
     SchedulerHost("lad", 3, 0, tmp_path, checkpoint=str(checkpoint), policy_actions="argmax")
     assert "B7" not in caplog.text  # argmax: the flat π does not matter
+
+
+def test_lad_actor_scorer_decides_with_the_per_server_network_and_does_not_learn(
+    tmp_path: Path,
+) -> None:
+    """``lad_actor = "scorer"``: the same policy name, the scalable network behind it."""
+    import numpy as np
+
+    from dedgeai.agent.cluster.learning import SchedulerHost
+    from dedgeai.scheduler.cluster_state import ClusterState, TaskSpec
+
+    host = SchedulerHost(
+        "lad", 40, 3, tmp_path, learn=True, lad_actor="scorer", warm_start_steps=30
+    )
+    assert host.learn is False  # asked to learn, but the scorer does not learn online yet
+    scheduler = host._build(None)
+    assert scheduler.learns is False
+    rng = np.random.default_rng(0)
+    cluster = ClusterState(
+        3,
+        backlog_steps=rng.uniform(0, 200, 40),
+        interval_load_steps=np.zeros(40),
+        capacity_steps_per_s=rng.uniform(4, 20, 40),
+        available=np.ones(40, dtype=bool),
+    )
+    placement = scheduler.decide(TaskSpec(30.0, 0.01), cluster, task_id="t")
+    assert 0 <= placement.target < 40 and placement.reason.startswith("scorer ")
+    status = host.status()
+    assert status["actor"] == "scorer" and status["learn"] is False
+    assert SchedulerHost("greedy", 3, 0, tmp_path).status()["actor"] is None
