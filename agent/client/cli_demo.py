@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from dedgeai.agent.client.out_paths import unwritable_dir
 from dedgeai.agent.exit_codes import ExitCode
 from dedgeai.models import sizes
 from dedgeai.scheduler.policy_names import DEFAULT_POLICY, LEARNED, POLICIES
@@ -94,6 +95,10 @@ def demo(
         timeout_s=timeout,
         keep=keep,
     )
+    problem = unwritable_dir(out, "--out")  # before the agents start: not after a full run
+    if problem:
+        Console(stderr=True).print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(ExitCode.BAD_INPUT)
     code = run_demo(options, Console())
     if code != ExitCode.OK:
         raise typer.Exit(int(code))

@@ -7,7 +7,6 @@ light): the simulator, the learners and the plotting are imported inside the com
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from dedgeai.agent.client.out_paths import unwritable_dir
 from dedgeai.agent.exit_codes import ExitCode, exit_code_of
 from dedgeai.scheduler.config import PRESETS, Preset, Switches, get_preset
 from dedgeai.scheduler.errors import SchedulerError
@@ -78,14 +78,9 @@ def _check(episodes: int, preset: str, servers: int | None) -> Preset:
 
 def _writable_dir(directory: Path, option: str) -> None:
     """Make ``directory`` (with parents) and prove it writable, before any long work."""
-    if directory.exists() and not directory.is_dir():
-        raise _fail(f"{option} {directory} is a file, not a directory")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        raise _fail(f"cannot write into {option} {directory}: {exc.strerror or exc}") from exc
+    problem = unwritable_dir(directory, option)
+    if problem:
+        raise _fail(problem)
 
 
 def _progress() -> Progress:

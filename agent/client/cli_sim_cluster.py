@@ -39,9 +39,9 @@ def check(
         return f"--boxes must be in 2..{MAX_BOXES}, got {boxes}"
     if spread not in SPREADS:
         return f"--spread must be one of {', '.join(SPREADS)}, got {spread!r}"
-    if not 0 < hours <= MAX_HOURS or math.isnan(hours):
+    if not 0 < hours <= MAX_HOURS:  # NaN fails every comparison
         return f"--hours must be in (0, {MAX_HOURS:g}], got {hours}"
-    if not 0 < train_steps_per_s <= MAX_TRAIN_STEPS_PER_S or math.isnan(train_steps_per_s):
+    if not 0 < train_steps_per_s <= MAX_TRAIN_STEPS_PER_S:
         return f"--train-steps-per-s must be in (0, {MAX_TRAIN_STEPS_PER_S:g}], got {train_steps_per_s}"
     return ""
 

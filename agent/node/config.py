@@ -8,6 +8,7 @@ declarations render ``dedgeai agent config`` and the documented example file.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -40,8 +41,12 @@ class Key:
     check: Callable[[Any], str | None] | None = None  # returns a complaint or None
 
 
+MAX_PROBE_TIMEOUT_S = 10.0  # pod2: a probe answer later than this is no fresh load
+MAX_WARM_START_STEPS = 100_000  # ~3 min of CPU: beyond it a warm start never ends
+
+
 def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be > 0"
+    return None if 0 < value < math.inf else "must be a finite number > 0"
 
 
 def _one_of(*allowed: str) -> Callable[[Any], str | None]:
@@ -241,7 +246,10 @@ KEYS: tuple[Key, ...] = (
         0.0,
         "pod2: seconds a task waits for the probed peers' answers (a silent one is masked); "
         "0: the larger of 20 ms and 4 round trips of the slowest probed link",
-        lambda value: None if value >= 0 else "must be >= 0",
+        # bounded: a task waits this long for a frozen peer before it is placed (NaN fails)
+        lambda value: (
+            None if 0 <= value <= MAX_PROBE_TIMEOUT_S else f"must be in 0..{MAX_PROBE_TIMEOUT_S:g}"
+        ),
     ),
     Key(
         "learn",
@@ -297,7 +305,9 @@ KEYS: tuple[Key, ...] = (
         2000,
         "cloning steps of a fresh learned policy's warm start (it imitates soft greedy; greedy "
         "decides meanwhile): ~3 s of CPU at the default, fewer agree less with greedy",
-        _positive,
+        lambda value: (
+            None if 1 <= value <= MAX_WARM_START_STEPS else f"must be in 1..{MAX_WARM_START_STEPS}"
+        ),
     ),
     Key(
         "gossip_interval_s",

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dedgeai.agent.client.cli import app
+from dedgeai.agent.exit_codes import ExitCode
 from dedgeai.agent.lab.demo import (
     EMULATED_SPEEDS,
     DemoOptions,
@@ -135,6 +136,17 @@ print("stopped")
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "stopped"
+
+
+@pytest.mark.parametrize("where", ["a-file", "/proc/dedgeai-demo"])
+def test_demo_refuses_an_unwritable_out_before_starting_anything(tmp_path: Path, where: str):
+    out = tmp_path / where if where == "a-file" else Path(where)
+    if where == "a-file":
+        out.write_text("not a folder")
+    result = CliRunner().invoke(app, ["demo", "--tasks", "1", "--out", str(out)])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert "--out" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_demo_rejects_bad_options() -> None:
