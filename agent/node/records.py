@@ -103,9 +103,12 @@ class Placement(dict[str, Any]):
         return super().get(key, default)
 
     def __getattr__(self, name: str) -> Any:
+        """``placement.target`` and every other field of ``PLACEMENT_FIELDS`` (its type there):
+        the value, its default (``_DEFAULTS``) or None; a misspelt name raises."""
         if name not in PLACEMENT_FIELDS:
             raise AttributeError(f"Placement has no field {name!r}")
-        return super().get(name, _DEFAULTS.get(name))
+        value = super().get(name, _DEFAULTS.get(name))
+        return list(value) if isinstance(value, list) else value  # the record stays frozen
 
     def _frozen(self, *_: Any, **__: Any) -> NoReturn:
         raise TypeError("a Placement is read-only; use with_()")
@@ -118,39 +121,6 @@ class Placement(dict[str, Any]):
 
     def __repr__(self) -> str:
         return f"Placement({dict.__repr__(self)})"
-
-    # typed views, for readers and type checkers (``__getattr__`` serves the same names)
-    @property
-    def local(self) -> bool | None:
-        return super().get("local")
-
-    @property
-    def target(self) -> int | None:
-        return super().get("target")
-
-    @property
-    def name(self) -> str | None:
-        return super().get("name")
-
-    @property
-    def policy(self) -> str | None:
-        return super().get("policy")
-
-    @property
-    def redispatches(self) -> int:
-        return int(super().get("redispatches", 0))
-
-    @property
-    def avoid(self) -> list[int]:
-        return list(super().get("avoid", ()))
-
-    @property
-    def force_local(self) -> bool:
-        return bool(super().get("force_local", False))
-
-    @property
-    def via(self) -> str | None:
-        return super().get("via")
 
 
 _DEFAULTS: dict[str, Any] = {"redispatches": 0, "avoid": [], "force_local": False}
