@@ -56,6 +56,7 @@ log = logging.getLogger("dedgeai.agent.cluster.coordinator")
 REFERENCE_PIXELS = 512 * 512  # work is counted in 512x512-equivalent denoising steps
 LINK_MBIT_PER_S = 100.0  # assumed link speed for the forwarding-overhead estimate
 REQUEST_OVERHEAD_BYTES = 200  # envelope and fields of a forwarded submit, beyond the prompts
+PROBE_ANSWER_MAX_AGE_S = 0.01  # a probe answer is reused this long (a flood of probes)
 DECISION_SAMPLES = 4096  # scheduling latencies kept for the status percentiles
 QUIET_INTERVALS = 3  # a forwarded task silent this many gossip intervals is asked again
 HOLD_INTERVALS = 10  # a resumed forwarded task its origin (up) has not asked for is dropped
@@ -153,6 +154,7 @@ class Cluster:
         self.decisions_made = 0  # every placement since start (the deque keeps the last ones)
         self.decision_summary: tuple[int, dict[str, Any]] = (0, {"count": 0})
         self.up_at: dict[int, float] = {}  # when each peer last came up
+        self._probe_answer: tuple[float, dict[str, Any]] | None = None  # (when, body)
         self.probes_served = 0  # probes answered for peers, by an agent that does not probe
         self.hinted_at: dict[int, float] = {}  # last gossip sent early on a peer's hint
         self.authority: Authority | None = None  # set by the daemon: mDNS peers join it
@@ -266,7 +268,10 @@ class Cluster:
             self.probes.counters["served"] += 1
         else:
             self.probes_served += 1
-        return [Send(route, p.envelope("probe_reply", msg.id, **self.load_body(now)))]
+        # One queue walk per PROBE_ANSWER_MAX_AGE_S at most, however many probes arrive.
+        if self._probe_answer is None or now - self._probe_answer[0] >= PROBE_ANSWER_MAX_AGE_S:
+            self._probe_answer = (now, self.load_body(now))
+        return [Send(route, p.envelope("probe_reply", msg.id, **self._probe_answer[1]))]
 
     def _handshakes(self, ready: dict[zmq.Socket, int], now: float) -> list[Effect]:
         effects: list[Effect] = []

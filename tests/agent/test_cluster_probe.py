@@ -17,7 +17,7 @@ import msgpack
 import pytest
 import zmq
 
-from dedgeai.agent.cluster.coordinator import Cluster
+from dedgeai.agent.cluster.coordinator import PROBE_ANSWER_MAX_AGE_S, Cluster
 from dedgeai.agent.cluster.peers import Heard
 from dedgeai.agent.cluster.probes import MIN_TIMEOUT_S, RTT_FACTOR, Probes, probe_timeout_s
 from dedgeai.agent.errors import ErrorCode, ProtocolError
@@ -318,3 +318,23 @@ def test_with_no_link_connected_the_task_is_placed_at_once(origin: Any) -> None:
     placement = cluster.place(_submit(cluster, 100.0), 100.0)
     assert placement is not None and placement.local and placement.policy == "pod2"
     assert "slot 1 (link not connected)" in placement.reason
+
+
+def test_a_flood_of_probes_walks_the_queue_once_per_answer_age(origin: Any) -> None:
+    """Each answer reads the whole queue: a peer sending probes back to back gets the same
+    answer for ``PROBE_ANSWER_MAX_AGE_S``, a fresh one after it."""
+    cluster, _ = origin
+    walks = 0
+    real = cluster.load_body
+
+    def counted(now: float) -> dict[str, Any]:
+        nonlocal walks
+        walks += 1
+        return real(now)
+
+    cluster.load_body = counted  # type: ignore[method-assign]
+    answers = [cluster.on_probe((b"peer",), p.Probe(f"q{i}"), 200.0 + i * 1e-4) for i in range(50)]
+    assert walks == 1 and all(a[0].message["type"] == "probe_reply" for a in answers)
+    assert [a[0].message["id"] for a in answers] == [f"q{i}" for i in range(50)]
+    cluster.on_probe((b"peer",), p.Probe("later"), 200.0 + 2 * PROBE_ANSWER_MAX_AGE_S)
+    assert walks == 2
