@@ -8,7 +8,8 @@ predictor ε_θ applied to each server separately, with weights shared across se
 
     ε_n = ε_θ(x_n, emb(i), φ_n)            φ_n: task, server n and pooled-context features
 
-so one network serves 8 or 1,024 boxes at O(B · H²) per decision, and permuting the servers
+so one network serves 8 or 1,024 boxes at O(min(B, CANDIDATES) · H² + B) per decision (above
+``CANDIDATES`` live servers the chain scores drawn candidates), and permuting the servers
 permutes π. Masked (down) servers get x_0 = −∞. Read top to bottom: features (φ), the ε
 network and chain (torch, for cloning), its NumPy twin (decisions), the warm start (cloning
 soft-greedy on synthetic states, as ``ClusterScheduler._warm_start``), save/load.
@@ -16,8 +17,13 @@ soft-greedy on synthetic states, as ``ClusterScheduler._warm_start``), save/load
 Times enter φ relative to the best estimated finish f_min of the state (the soft-greedy
 teacher's own temperature scale, ``cluster_state.soft_greedy``), so the network sees the same
 numbers for a quiet cluster of fast boxes and a busy one of slow boxes; log f_min keeps the
-absolute scale. Online learning (the SAC critic and actor updates of §2.4) is not wired for
-this actor yet: it decides with its warm start.
+absolute scale. Online learning (discrete SAC, §2.4, with per-server critics) is in
+``lad_scorer_learning.py``.
+
+``DEFAULT_CHECKPOINT`` is the packaged default (``ClusterScheduler`` loads it for
+``policy = "lad"``, ``actor = "scorer"`` when given no checkpoint): the warm start on the
+paper's spread, its critics fitted, then trained in the twin. Regenerate it with
+``python tools/make_default_scorer.py`` (docs/results_cluster.md §4).
 """
 
 from __future__ import annotations
@@ -54,7 +60,12 @@ FEATURES = (
     "size",  # the task's request size, Mbit ÷ TASK_MBIT_SCALE
 )
 N_FEATURES = len(FEATURES)
+DEFAULT_CHECKPOINT = Path(__file__).parent / "data" / "lad_scorer_default.pt"
 CLIP = 30.0  # relative times beyond 30 × f_min: π there is below e^-90 for the teacher
+# Servers the chain scores per decision, drawn from ``proposal`` (None: every server; docs/
+# results_cluster.md §4, "Cost per decision"). Up to this many live servers nothing is drawn.
+CANDIDATES: int | None = 64
+UNIFORM_SHARE = 0.02  # of the proposal: every live server can be a candidate
 
 
 # ==== φ: per-server features (one code path for the daemon and the twin) ========================
@@ -73,38 +84,120 @@ def features(
     Per task [K]: demand, size, deciding box. Per server [K, B]: backlog, load, speed, up,
     transfer time (D1–D5, as ``estimated_finish_s``). Masked servers get φ = 0.
     """
+    args = (demand_steps, size_mbit, backlog_steps, load_steps, capacity, available)
+    phi, finish, _, _ = candidate_features(*args, transfer_s, self_index)
+    return phi, finish
+
+
+def proposal(finish: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """q [K, B]: where the candidates of a decision are drawn from. Soft-greedy's π (the warm
+    start's teacher, closed form in f) mixed with ``UNIFORM_SHARE`` of the uniform one, so
+    that every live server can be drawn whatever the actor has learned since."""
+    n_up = ok.sum(axis=1, keepdims=True)
+    return (1.0 - UNIFORM_SHARE) * soft_greedy(finish) + np.where(ok, UNIFORM_SHARE / n_up, 0.0)
+
+
+def candidate_features(
+    demand_steps: np.ndarray,
+    size_mbit: np.ndarray,
+    backlog_steps: np.ndarray,
+    load_steps: np.ndarray,
+    capacity: np.ndarray,
+    available: np.ndarray,
+    transfer_s: np.ndarray,
+    self_index: np.ndarray,
+    top: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``features`` of ``top`` candidate servers per state, drawn (with replacement) from
+    ``proposal``: φ [K, M, F], f [K, B], their indices [K, M] and log q there [K, M].
+    ``top`` None: φ of every server, indices None. No more live servers than ``top`` in
+    any state: φ of the live ones (padded with masked ones), log q None.
+
+    The pooled features (f_min, mean finish, mean speed) are taken over every live server
+    first, so a candidate's φ, and therefore its x_0, is the one ``features`` gives it;
+    ``LADScorer.candidate_probs`` weights each by π / q (sampling-importance-resampling).
+    """
     ok = np.asarray(available, dtype=bool)
+    if top is not None and ok.shape[0] == 1:  # one decision on a few live servers (probed):
+        live = np.flatnonzero(ok[0])  # φ of those alone (the pooled features are theirs)
+        own = np.flatnonzero(live == self_index[0])
+        if live.size <= top and live.size < ok.shape[1] and own.size:
+            args = (backlog_steps, load_steps, capacity, available, transfer_s)
+            phi, f, _, _ = candidate_features(
+                demand_steps, size_mbit, *(np.asarray(a)[:, live] for a in args), own
+            )
+            finish = np.full(ok.shape, np.inf)
+            finish[0, live] = f[0]
+            return phi, finish, live[None], None
     cap = np.where(ok, np.maximum(capacity, 1e-9), 1.0)
     demand = np.asarray(demand_steps, dtype=np.float64)[:, None]
-    backlog_s, load_s, service_s = backlog_steps / cap, load_steps / cap, demand / cap
-    finish = transfer_s + backlog_s + load_s + service_s
-    finish = np.where(ok, finish, np.inf)
+    finish = (np.asarray(backlog_steps, dtype=np.float64) + load_steps + demand) / cap
+    finish += transfer_s
+    finish[~ok] = np.inf
     best = finish.min(axis=1, keepdims=True)
     scale = np.maximum(best, MIN_TEMPERATURE_S)
     n_up = ok.sum(axis=1, keepdims=True)
     mean_cap = np.where(ok, cap, 0.0).sum(axis=1, keepdims=True) / n_up
     mean_finish = np.where(ok, finish, 0.0).sum(axis=1, keepdims=True) / n_up
     K, B = ok.shape
-    phi = np.empty((K, B, N_FEATURES), dtype=np.float32)
-    phi[..., 0] = backlog_s / scale
-    phi[..., 1] = load_s / scale
-    phi[..., 2] = service_s / scale
-    phi[..., 3] = transfer_s / scale
-    phi[..., 4] = np.where(ok, finish - best, 0.0) / scale
+    rows = np.arange(K)
+    index = log_q = None
+    n_max = int(n_up.max())
+    if top is not None and n_max <= top and n_max < B:  # few live servers (a probed state):
+        if K == 1:  # all of them, exact π
+            index = np.flatnonzero(ok[0])[None]
+        else:
+            index = np.argsort(~ok, axis=1, kind="stable")[:, :n_max]
+    elif top is not None and top < n_max:
+        if rng is None:
+            raise ValueError("drawing candidates needs a random generator")
+        q = proposal(finish, ok)
+        cdf = np.cumsum(q, axis=1)
+        cdf /= cdf[:, -1:]
+        cdf += rows[:, None]  # one sorted array for every row: row r spans [r, r + 1]
+        u = rng.random((K, top)) + rows[:, None]
+        index = np.searchsorted(cdf.ravel(), u.ravel(), side="right").reshape(K, top)
+        index -= rows[:, None] * B
+        np.minimum(index, B - 1, out=index)  # rounding at a row's end
+        index = np.where(q[rows[:, None], index] > 0, index, np.argmax(q, 1)[:, None])
+        log_q = np.log(q[rows[:, None], index])
+    if index is not None:
+        at = (rows[:, None], index)  # fancy indexing: cheaper per call than take_along_axis
+        ok, cap, f = ok[at], cap[at], finish[at]
+        backlog = np.asarray(backlog_steps, dtype=np.float64)[at]
+        load = np.asarray(load_steps, dtype=np.float64)[at]
+        transfer = np.broadcast_to(transfer_s, (K, B))[at]
+        is_self = index == np.asarray(self_index)[:, None]
+    else:
+        f, backlog, load, transfer = finish, backlog_steps, load_steps, transfer_s
+        is_self = np.zeros(ok.shape, dtype=bool)
+        is_self[rows, np.asarray(self_index)] = True
+    inv = 1.0 / scale
+    phi = np.empty((*ok.shape, N_FEATURES), dtype=np.float32)
+    phi[..., 0] = backlog / cap * inv
+    phi[..., 1] = load / cap * inv
+    phi[..., 2] = demand / cap * inv
+    phi[..., 3] = transfer * inv
+    phi[..., 4] = np.where(ok, f - best, 0.0) * inv
     phi[..., 5] = cap / mean_cap
-    phi[..., 6] = 0.0
-    phi[np.arange(K), np.asarray(self_index), 6] = 1.0
-    phi[..., 7] = mean_finish / scale
+    phi[..., 6] = is_self
+    phi[..., 7] = mean_finish * inv
     phi[..., 8] = np.log10(scale)
     phi[..., 9] = (np.asarray(size_mbit, dtype=np.float64) / TASK_MBIT_SCALE)[:, None]
     np.clip(phi, -CLIP, CLIP, out=phi)
     phi[~ok] = 0.0
-    return phi, finish
+    return phi, finish, index, log_q
 
 
-def state_features(task: TaskSpec, cluster: ClusterState) -> tuple[np.ndarray, np.ndarray]:
-    """``features`` of one daemon decision: φ [1, B, F] and f [1, B]."""
-    return features(
+def state_features(
+    task: TaskSpec,
+    cluster: ClusterState,
+    top: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``candidate_features`` of one daemon decision: φ [1, M, F], f [1, B], indices, log q."""
+    return candidate_features(
         np.array([task.demand_steps]),
         np.array([task.size_mbit]),
         np.asarray(cluster.backlog_steps, dtype=np.float64)[None],
@@ -113,6 +206,8 @@ def state_features(task: TaskSpec, cluster: ClusterState) -> tuple[np.ndarray, n
         np.asarray(cluster.available, dtype=bool)[None],
         cluster.transfer()[None],
         np.array([cluster.self_index]),
+        top,
+        rng,
     )
 
 
@@ -194,12 +289,23 @@ class LADScorer:
         self.w_x, w_t, self.w_phi = w1[0], w1[1 : 1 + E], w1[1 + E :]
         self.b1 = self.net.l1.bias.detach().numpy()
         self.h_t = self.net.time_emb.numpy() @ w_t  # [I, H]; recomputed after training
+        self.h_tb = self.h_t + self.b1  # [I, H]: layer 1's step part and bias, one add per step
         self.w2, self.b2 = self.net.l2.weight.detach().numpy().T, self.net.l2.bias.detach().numpy()
         self.w3 = self.net.l3.weight.detach().numpy()[0]
         self.b3 = self.net.l3.bias.detach().numpy()  # [1]
         self.keep = np.array(self.net.keep, dtype=np.float32)
         self.take = np.array(self.net.take, dtype=np.float32)
         self.std = np.array(self.net.std, dtype=np.float32)
+        # ``latent``'s fused form: a constant-1 unit (column H) carries layer 2's and 3's
+        # biases through the matmuls, and layer 3 is pre-scaled by −take_i for each step.
+        H, n_steps = self.cfg.hidden, self.cfg.denoising_steps
+        f32 = np.float32
+        self.f_phi = np.concatenate([self.w_phi, np.zeros((self.w_phi.shape[0], 1), f32)], 1)
+        self.f_step = np.concatenate([self.h_tb, np.ones((n_steps, 1), f32)], 1)  # [I, H + 1]
+        self.f_x = np.append(self.w_x, f32(0.0))
+        self.f_w2 = np.zeros((H + 1, H + 1), f32)
+        self.f_w2[:H, :H], self.f_w2[H, :H], self.f_w2[H, H] = self.w2, self.b2, 1.0
+        self.f_w3 = -self.take[:, None] * np.append(self.w3, self.b3)[None]  # [I, H + 1]
 
     def latent(
         self,
@@ -212,19 +318,30 @@ class LADScorer:
         ``x_start``: x_I (None: 0, the uniform latent a fresh daemon LAD starts X_b[n] at);
         ``noise`` [I−1, K, B]: the z of every step (None: 0, the mean path the clone fitted).
         """
-        h_phi = phi @ self.w_phi + self.b1  # [K, B, H]
-        x = np.zeros(phi.shape[:2], np.float32) if x_start is None else x_start.astype(np.float32)
+        K, B, F = phi.shape
+        # Servers as rows of 2-D float32 arrays (one BLAS call per layer) with the fused
+        # weights of ``_views``: few NumPy calls per step, which is what a decision on a few
+        # servers (a probed state) costs; two buffers reused along the chain.
+        h_phi = phi.reshape(K * B, F) @ self.f_phi  # φ does not change along the chain
+        h = np.empty_like(h_phi)
+        h2 = np.empty_like(h_phi)
+        x = None if x_start is None else x_start.astype(np.float32).reshape(K * B)
         for i in reversed(range(self.cfg.denoising_steps)):
-            h = h_phi + self.h_t[i]
-            h += x[..., None] * self.w_x
+            np.add(h_phi, self.f_step[i], out=h)
+            if x is not None:  # x_I = 0 (no ``x_start``): nothing to add at the first step
+                h += np.multiply.outer(x, self.f_x)
             np.maximum(h, 0.0, out=h)
-            h = h @ self.w2 + self.b2
-            np.maximum(h, 0.0, out=h)
-            eps = h @ self.w3 + self.b3
-            x = x * self.keep[i] - eps * self.take[i]
+            np.matmul(h, self.f_w2, out=h2)
+            np.maximum(h2, 0.0, out=h2)
+            eps = h2 @ self.f_w3[i]  # −take_i · ε
+            if x is not None:
+                x *= self.keep[i]
+                eps += x
+            x = eps
             if i > 0 and noise is not None:
-                x = x + noise[i - 1] * self.std[i]
-        return x
+                x += noise[i - 1].reshape(K * B) * self.std[i]
+        assert x is not None
+        return x.reshape(K, B)
 
     def probs(self, phi: np.ndarray, available: np.ndarray, **kw: np.ndarray | None) -> np.ndarray:
         """π [K, B] = softmax(x_0) over the live servers (masked: exactly 0)."""
@@ -232,10 +349,51 @@ class LADScorer:
         weights = np.exp(x0 - x0.max(axis=1, keepdims=True))
         return weights / weights.sum(axis=1, keepdims=True)
 
-    def state_probs(self, task: TaskSpec, cluster: ClusterState) -> np.ndarray:
-        """π [B] for one daemon decision."""
-        phi, _ = state_features(task, cluster)
-        return self.probs(phi, np.asarray(cluster.available, dtype=bool)[None])[0]
+    def candidate_probs(
+        self,
+        phi: np.ndarray,
+        index: np.ndarray | None,
+        log_q: np.ndarray | None,
+        available: np.ndarray,
+    ) -> np.ndarray:
+        """π̂ [K, B] from ``candidate_features``: each drawn candidate weighted by π / q ∝
+        exp(x_0) / q, the weights of a server's draws summed, every other server 0. A
+        target drawn from π̂ is sampling-importance-resampling from π: its law is π up to
+        O(χ²(π‖q) / M) (``index`` None: φ of every server, π itself, ``probs``)."""
+        if index is None:
+            return self.probs(phi, available)
+        K, B = np.shape(available)
+        if log_q is None:  # every live server is a candidate: π itself
+            out = np.zeros((K, B))
+            at = (np.arange(K)[:, None], index)
+            out[at] = self.probs(phi, np.asarray(available, dtype=bool)[at])
+            return out
+        logw = self.latent(phi) - log_q  # candidates are live: q > 0 only there
+        w = np.exp(logw - logw.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        flat = (index + np.arange(K)[:, None] * B).ravel()
+        return np.bincount(flat, weights=w.ravel(), minlength=K * B).reshape(K, B)
+
+    def state_probs(
+        self,
+        task: TaskSpec,
+        cluster: ClusterState,
+        top: int | None = CANDIDATES,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """π [B] for one daemon decision; above ``top`` live servers, π̂ on ``top`` drawn
+        candidates (``candidate_probs``; ``rng`` None: this scorer's own, seeded by its seed
+        and the deciding box, so that boxes sharing a checkpoint draw apart)."""
+        if rng is None:
+            own: dict[int, np.random.Generator] = self.__dict__.setdefault("candidate_rngs", {})
+            rng = own.get(cluster.self_index)
+            if rng is None:
+                rng = own[cluster.self_index] = np.random.default_rng(
+                    [self.seed, 0xCA, cluster.self_index]
+                )
+        phi, _, index, log_q = state_features(task, cluster, top, rng)
+        up = np.asarray(cluster.available, dtype=bool)[None]
+        return self.candidate_probs(phi, index, log_q, up)[0]
 
     # ---- warm start: clone soft-greedy on synthetic states ----------------------------------------
     def warm_start(
@@ -285,31 +443,43 @@ class LADScorer:
         return float(np.mean(best == np.argmin(finish, axis=1)))
 
     # ---- checkpoints ------------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        """Atomic, and refused (``CheckpointError``) for NaN/inf weights, as every policy."""
+    def save(
+        self,
+        path: Path,
+        extra_config: dict[str, object] | None = None,
+        extra_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Atomic, and refused (``CheckpointError``) for NaN/inf weights, as every policy.
+        ``extra_*``: what online learning adds (``ScorerLearning.save``: critics, ξ)."""
         config = {
             "format": CHECKPOINT_FORMAT,
             "method": "lad-scorer",
             "scorer": asdict(self.cfg),
             "seed": self.seed,
             "cloned": self.cloned,
+            **(extra_config or {}),
         }
         state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-        save_checkpoint(path, config, state)
+        save_checkpoint(path, config, {**state, **(extra_state or {})})
 
     @classmethod
     def load(cls, path: Path) -> LADScorer:
         """``CheckpointError`` for another policy's file, ``CorruptCheckpointError`` for a
-        damaged one (``checkpoints.load_checkpoint``)."""
-        config, state = load_checkpoint(path)
+        damaged one (``checkpoints.load_checkpoint``). Critics in the file are left out."""
+        return cls.from_checkpoint(path, *load_checkpoint(path))
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, config: dict, state: dict[str, torch.Tensor]) -> LADScorer:
+        """The actor of a loaded checkpoint (``load_checkpoint``'s config and tensors)."""
         if config.get("method") != "lad-scorer":
             raise CheckpointError(f"{path}: a {config.get('method')} checkpoint, not lad-scorer")
-        scorer = cls(ScorerConfig(**config["scorer"]), seed=int(config["seed"]))
         try:
-            scorer.net.load_state_dict(state)
-        except RuntimeError as exc:
+            scorer = cls(ScorerConfig(**config["scorer"]), seed=int(config["seed"]))
+            mine = scorer.net.state_dict().keys()
+            scorer.net.load_state_dict({k: v for k, v in state.items() if k in mine})
+            scorer.cloned = dict(config["cloned"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise CorruptCheckpointError(f"{path}: {exc}") from exc
-        scorer.cloned = dict(config["cloned"])
         scorer._views()
         return scorer
 

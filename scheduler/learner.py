@@ -48,7 +48,65 @@ def latent_to_memory(x0: torch.Tensor, pre_softmax: bool) -> torch.Tensor:
     return centred / (centred.std(dim=-1, keepdim=True) + 1e-6)
 
 
-class SlotLearner:
+class GuardedNetworks:
+    """The online training guard, for any learner that lists its ``nn.Module`` attributes in
+    ``NETWORKS`` and keeps its optimizers as attributes (of itself or of those modules)."""
+
+    NETWORKS: tuple[str, ...] = ()
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer of this learner (its own and its networks'), in a fixed order."""
+        owners = [self, *(getattr(self, name) for name in self.NETWORKS)]
+        return [
+            value
+            for owner in owners
+            for value in vars(owner).values()
+            if isinstance(value, torch.optim.Optimizer)
+        ]
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of every network and optimizer state (not the latent memory: decisions
+        write it, training does not), for :meth:`restore`."""
+        return {
+            "networks": {n: copy.deepcopy(getattr(self, n).state_dict()) for n in self.NETWORKS},
+            "optimizers": [copy.deepcopy(o.state_dict()) for o in self._optimizers()],
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        for name, state in snapshot["networks"].items():
+            getattr(self, name).load_state_dict(state)
+        for opt, state in zip(self._optimizers(), snapshot["optimizers"], strict=True):
+            opt.load_state_dict(state)
+
+    def weights_finite(self) -> bool:
+        return all(
+            bool(torch.isfinite(value).all())
+            for name in self.NETWORKS
+            for value in getattr(self, name).state_dict().values()
+            if value.is_floating_point()
+        )
+
+    def _update(self, *args: Any) -> dict[str, float]:
+        """One gradient step, supplied by the learner; returns loss metrics."""
+        raise NotImplementedError
+
+    def guarded_update(self, *args: Any) -> dict[str, float] | None:
+        """``_update(*args)``, rolled back (weights and optimizer moments) when a loss or a
+        new weight is NaN/inf, or when it raises; None when rolled back. The daemon's online
+        learning goes through here: one bad step must not become the policy."""
+        saved = self.snapshot()
+        try:
+            metrics = self._update(*args)
+        except BaseException:
+            self.restore(saved)
+            raise
+        if all(math.isfinite(v) for v in metrics.values()) and self.weights_finite():
+            return metrics
+        self.restore(saved)
+        return None
+
+
+class SlotLearner(GuardedNetworks):
     """Base class: B agents (one per server) deciding a whole slot at once."""
 
     name = "learner"
@@ -120,56 +178,6 @@ class SlotLearner:
             )
         if self.memory is not None and "memory" in state:
             self.memory.copy_(state["memory"])
-
-    # ---- the online training guard -------------------------------------------------------------
-    def _optimizers(self) -> list[torch.optim.Optimizer]:
-        """Every optimizer of this learner (its own and its networks'), in a fixed order."""
-        owners = [self, *(getattr(self, name) for name in self.NETWORKS)]
-        return [
-            value
-            for owner in owners
-            for value in vars(owner).values()
-            if isinstance(value, torch.optim.Optimizer)
-        ]
-
-    def snapshot(self) -> dict[str, Any]:
-        """A copy of every network and optimizer state (not the latent memory: decisions
-        write it, training does not), for :meth:`restore`."""
-        return {
-            "networks": {n: copy.deepcopy(getattr(self, n).state_dict()) for n in self.NETWORKS},
-            "optimizers": [copy.deepcopy(o.state_dict()) for o in self._optimizers()],
-        }
-
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        for name, state in snapshot["networks"].items():
-            getattr(self, name).load_state_dict(state)
-        for opt, state in zip(self._optimizers(), snapshot["optimizers"], strict=True):
-            opt.load_state_dict(state)
-
-    def weights_finite(self) -> bool:
-        return all(
-            bool(torch.isfinite(value).all())
-            for name in self.NETWORKS
-            for value in getattr(self, name).state_dict().values()
-            if value.is_floating_point()
-        )
-
-    def guarded_update(
-        self, batch: dict[str, torch.Tensor], ready: torch.Tensor
-    ) -> dict[str, float] | None:
-        """``_update``, rolled back (weights and optimizer moments) when a loss or a new
-        weight is NaN/inf, or when it raises; None when rolled back. The daemon's online
-        learning goes through here: one bad step must not become the policy."""
-        saved = self.snapshot()
-        try:
-            metrics = self._update(batch, ready)
-        except BaseException:
-            self.restore(saved)
-            raise
-        if all(math.isfinite(v) for v in metrics.values()) and self.weights_finite():
-            return metrics
-        self.restore(saved)
-        return None
 
     # ---- the per-slot loop --------------------------------------------------------------------
     def _states(self, view: SlotView, first_only: bool = False) -> torch.Tensor:

@@ -43,7 +43,8 @@ from dedgeai.scheduler.cluster_state import (
 from dedgeai.scheduler.config import EnvConfig, LearnConfig, Switches
 from dedgeai.scheduler.env import state_dim
 from dedgeai.scheduler.errors import ConfigurationError, WarmStartCancelled
-from dedgeai.scheduler.lad_scorer import LADScorer
+from dedgeai.scheduler.lad_scorer import DEFAULT_CHECKPOINT, LADScorer
+from dedgeai.scheduler.lad_scorer_learning import ScorerLearning
 from dedgeai.scheduler.learner import latent_to_memory
 from dedgeai.scheduler.policy import OnlinePolicy
 from dedgeai.scheduler.state_checks import sane_capacities
@@ -87,6 +88,7 @@ class ClusterScheduler(HeuristicScheduler):
         should_stop: Callable[[], bool] | None = None,
         warm_start_steps: int | None = None,
         actor: str = "ladn",
+        packaged_default: bool = True,
     ) -> None:
         """``deterministic``: a learned policy takes the most likely action (argmax of π,
         masked) instead of sampling it, and a uniformly drawn live server with probability
@@ -99,24 +101,33 @@ class ClusterScheduler(HeuristicScheduler):
         ``warm_start_steps``: cloning steps of that warm start (the agent's setting; None:
         ``WARM_START_STEPS``).
         ``actor`` (``lad`` only): ``ladn``, the paper's network over the whole state, or
-        ``scorer``, the per-server LAD scorer of ``lad_scorer.py`` (any cluster size; it
-        decides with its warm start or ``checkpoint``: no online learning yet)."""
+        ``scorer``, the per-server LAD scorer of ``lad_scorer.py`` (any cluster size; with
+        ``learn`` it learns online, ``lad_scorer_learning.py``). Without a ``checkpoint`` the
+        scorer starts from the packaged default (``lad_scorer.DEFAULT_CHECKPOINT``) unless
+        ``packaged_default`` is False: then a fresh warm start on ``capacities``.
+        ``loaded_from``: the checkpoint the learned policy came from (None: a warm start)."""
         super().__init__(policy, n_servers, self_index, seed=seed)
         self._interval_index = 0
         self._learned: OnlinePolicy | None = None
         self._scorer: LADScorer | None = None
+        self._scorer_learning: ScorerLearning | None = None
+        self.loaded_from: Path | None = None
         if actor not in ("ladn", "scorer") or (actor == "scorer" and policy != "lad"):
             raise ConfigurationError(f"actor {actor!r}: ladn, or scorer for the lad policy")
         if actor == "scorer":
-            if learn:
-                raise ConfigurationError("the scorer actor does not learn online yet")
-            if checkpoint is not None and Path(checkpoint).exists():
-                self._scorer = LADScorer.load(checkpoint)
-            else:
-                self._scorer = LADScorer(seed=seed)
-                capacities = sane_capacities(capacities, n_servers)
-                steps = {} if warm_start_steps is None else {"steps": warm_start_steps}
-                self._scorer.warm_start(capacities, should_stop=should_stop, **steps)
+            self._start_scorer(
+                n_servers,
+                seed,
+                checkpoint,
+                learn,
+                learn_config,
+                capacities,
+                should_stop,
+                warm_start_steps,
+                packaged_default,
+            )
+        elif checkpoint is not None and Path(checkpoint).exists():
+            self.loaded_from = Path(checkpoint)
         self._learn = learn and policy in LEARNED
         if not 0.0 <= explore_epsilon <= 1.0:
             raise ConfigurationError(f"explore_epsilon {explore_epsilon} outside [0, 1]")
@@ -159,8 +170,51 @@ class ClusterScheduler(HeuristicScheduler):
                     )
                 self._warm_start(capacities, should_stop, warm_start_steps)
 
+    def _start_scorer(
+        self,
+        n_servers: int,
+        seed: int,
+        checkpoint: Path | None,
+        learn: bool,
+        learn_config: LearnConfig | None,
+        capacities: np.ndarray | None,
+        should_stop: Callable[[], bool] | None,
+        warm_start_steps: int | None,
+        packaged_default: bool,
+    ) -> None:
+        """The per-server scorer: from ``checkpoint``, else the packaged default, else a
+        fresh warm start (the actor cloned, and with ``learn`` the critics fitted)."""
+        path = Path(checkpoint) if checkpoint is not None and Path(checkpoint).exists() else None
+        if path is None and packaged_default and DEFAULT_CHECKPOINT.exists():
+            path = DEFAULT_CHECKPOINT
+        self.loaded_from = path
+        pacing = None if learn_config is None else (learn_config.warmup, learn_config.batch_size)
+        if path is not None and learn:
+            self._scorer_learning = ScorerLearning.load(
+                path, n_servers, seed=seed, pacing=pacing, should_stop=should_stop
+            )
+            self._scorer = self._scorer_learning.scorer
+            return
+        if path is not None:
+            self._scorer = LADScorer.load(path)
+            return
+        self._scorer = LADScorer(seed=seed)
+        capacities = sane_capacities(capacities, n_servers)
+        steps = {} if warm_start_steps is None else {"steps": warm_start_steps}
+        self._scorer.warm_start(capacities, should_stop=should_stop, **steps)
+        if learn:
+            self._scorer_learning = ScorerLearning(self._scorer, n_servers, seed=seed)
+            if pacing is not None:
+                self._scorer_learning.set_pacing(*pacing)
+            # warm_start_steps (the agent's setting) paces the critics' fit as the clone's
+            self._scorer_learning.fit_critics(
+                capacities, steps=warm_start_steps, should_stop=should_stop
+            )
+
     @property
     def learns(self) -> bool:
+        if self._scorer_learning is not None:
+            return self._learn
         return self._learned is not None and self._learn
 
     @property
@@ -181,7 +235,7 @@ class ClusterScheduler(HeuristicScheduler):
 
     def _decide_sane(self, task: TaskSpec, cluster: ClusterState, task_id: str | None) -> Placement:
         if self._scorer is not None:
-            return self._decide_scorer(task, cluster)
+            return self._decide_scorer(task, cluster, task_id)
         if self._learned is not None:
             return self._decide_learned(task, cluster, task_id)
         return self._decide_heuristic(self.policy, task, cluster)
@@ -223,10 +277,15 @@ class ClusterScheduler(HeuristicScheduler):
             how = "drawn "
         return Placement(target, probs, self.policy, f"{how}p={chosen:.2f} (max {most:.2f})")
 
-    def _decide_scorer(self, task: TaskSpec, cluster: ClusterState) -> Placement:
-        """π of the scorer's mean path: drawn, or its argmax (ε-explore) if deterministic."""
+    def _decide_scorer(
+        self, task: TaskSpec, cluster: ClusterState, task_id: str | None
+    ) -> Placement:
+        """π of the scorer's mean path: drawn, or its argmax (ε-explore) if deterministic;
+        learning, the decision is recorded for its reward (``complete``)."""
         assert self._scorer is not None
-        probs = self._scorer.state_probs(task, cluster)
+        # candidates (above 64 live servers) drawn from this box's own generator: agents
+        # that load one checkpoint must not draw correlated candidates
+        probs = self._scorer.state_probs(task, cluster, rng=self._rng)
         up = np.flatnonzero(cluster.available)
         if self.deterministic:
             if self._rng.random() < self.explore_epsilon:
@@ -239,6 +298,8 @@ class ClusterScheduler(HeuristicScheduler):
             if target >= probs.size or probs[target] <= 0.0:
                 target = int(np.argmax(probs))
             how = "drawn"
+        if task_id is not None and self._scorer_learning is not None and self._learn:
+            self._scorer_learning.record(task_id, task, cluster, target)
         chosen, most = float(probs[target]), float(probs.max())
         reason = f"scorer {how} p={chosen:.2f} (max {most:.2f})"
         return Placement(target, probs, self.policy, reason)
@@ -248,37 +309,47 @@ class ClusterScheduler(HeuristicScheduler):
         False for an unknown id, or a delay that is not a finite number ≥ 0 (dropped)."""
         if not self.learns:
             return False
-        assert self._learned is not None
-        return self._learned.complete(task_id, delay_s)
+        return self._online.complete(task_id, delay_s)
 
     def abandon(self, task_id: str) -> bool:
         """A decided task that failed or was cancelled: its transition goes, no reward."""
         if not self.learns:
             return False
-        assert self._learned is not None
-        return self._learned.abandon(task_id)
+        return self._online.abandon(task_id)
+
+    @property
+    def _online(self) -> OnlinePolicy | ScorerLearning:
+        """Whichever learner this scheduler has (the scorer's, or the paper actor's)."""
+        online = self._scorer_learning or self._learned
+        assert online is not None
+        return online
 
     @property
     def rejected_updates(self) -> int:
-        return 0 if self._learned is None else self._learned.rejected_updates
+        online = self._scorer_learning or self._learned
+        return 0 if online is None else online.rejected_updates
 
     @property
     def dropped_transitions(self) -> int:
-        return 0 if self._learned is None else self._learned.dropped_transitions
+        online = self._scorer_learning or self._learned
+        return 0 if online is None else online.dropped_transitions
 
     def train_step(self) -> dict[str, float] | None:
         if not self.learns:
             return None
-        assert self._learned is not None
-        return self._learned.train_step()
+        return self._online.train_step()
 
     @property
     def trained_steps(self) -> int:
-        return 0 if self._learned is None else self._learned.trained_steps
+        online = self._scorer_learning or self._learned
+        return 0 if online is None else online.trained_steps
 
     def save(self, path: Path) -> bool:
         """Checkpoint a learned policy; False for heuristics (nothing to save).
         ``CheckpointError`` (nothing written) when a weight is NaN/inf."""
+        if self._scorer_learning is not None:
+            self._scorer_learning.save(path)  # the actor and its critics
+            return True
         if self._scorer is not None:
             self._scorer.save(path)
             return True

@@ -480,12 +480,15 @@ class Twin:
         ok = np.zeros(self.N, dtype=bool)
         ok[peers] = self.up[peers]
         ok[origin] = True
-        backlog = np.where(ok, self.true_backlog(t), 0.0)
-        load = np.zeros(self.N)
-        cap = np.where(ok, self.cap, 1.0)
-        transfer = np.where(ok, self.rtt + self.t_size[task] / self.sc.link_mbit_per_s, 0.0)
+        live = np.flatnonzero(ok)  # a few boxes: only their entries are computed
+        backlog = np.zeros(self.N)
+        backlog[live] = np.maximum(self.free_at[live] - t, 0.0) * self.cap[live]
+        cap = np.ones(self.N)
+        cap[live] = self.cap[live]
+        transfer = np.zeros(self.N)
+        transfer[live] = self.rtt + self.t_size[task] / self.sc.link_mbit_per_s
         transfer[origin] = 0.0
-        return ClusterState(origin, backlog, load, cap, ok, transfer)
+        return ClusterState(origin, backlog, np.zeros(self.N), cap, ok, transfer)
 
     # ---- power of d: probes -------------------------------------------------------------------
     def _probe(self, origin: int, task: int, t: float) -> None:

@@ -18,6 +18,7 @@
 - ``Omniscient``: central earliest finish on the exact instant state (twin only): the ideal.
 - ``Scorer``: ``lad-scorer``, the per-server LAD actor of ``lad_scorer.py`` (shared weights,
   any N), warm-started on soft-greedy; ``lad-scorer-pod<d>`` decides on the probed state.
+  Above ``lad_scorer.CANDIDATES`` live servers both score drawn candidates, as the daemon.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dedgeai.scheduler.env import (
     TASK_MBIT_SCALE,
     state_dim,
 )
-from dedgeai.scheduler.lad_scorer import LADScorer, features
+from dedgeai.scheduler.lad_scorer import CANDIDATES, LADScorer, candidate_features
 from dedgeai.scheduler.numpy_actor import NumpyActor
 from dedgeai.scheduler.online import (
     DENSITY_GCYCLES_PER_STEP,
@@ -341,10 +342,19 @@ class Scorer(Policy):
     """``lad-scorer``: every box decides with one ``LADScorer`` (π of the chain's mean path,
     drawn per task as the daemon's ``mean_path``); ``batched`` decides a window at once."""
 
-    def __init__(self, scorer: LADScorer, seed: int = 0, batched: bool = False, d: int = 0):
-        self.scorer, self.batched, self.probes = scorer, batched, d
+    def __init__(
+        self,
+        scorer: LADScorer,
+        seed: int = 0,
+        batched: bool = False,
+        d: int = 0,
+        top: int | None = CANDIDATES,
+    ) -> None:
+        """``top``: servers the chain scores per decision (``LADScorer.state_probs``)."""
+        self.scorer, self.batched, self.probes, self.top = scorer, batched, d, top
         self.name = "lad-scorer" + (f"-pod{d}" if d else "")
         self.rng = np.random.default_rng([seed, 0x5C0E])
+        self.candidate_rng = np.random.default_rng([seed, 0xCA])
 
     def _draw(self, probs: np.ndarray) -> np.ndarray:
         cdf = np.cumsum(probs, axis=1)
@@ -367,8 +377,10 @@ class Scorer(Policy):
         demand = np.array([twin.t_demand[k] for k in tasks.tolist()])
         transfer = np.where(ok, twin.rtt + size[:, None] / twin.sc.link_mbit_per_s, 0.0)
         transfer[np.arange(origins.size), origins] = 0.0
-        phi, _ = features(demand, size, backlog, load, cap, ok, transfer, origins)
-        return self.scorer.probs(phi, ok)
+        phi, _, index, log_q = candidate_features(
+            demand, size, backlog, load, cap, ok, transfer, origins, self.top, self.candidate_rng
+        )
+        return self.scorer.candidate_probs(phi, index, log_q, ok)
 
     def place_batch(
         self, twin: Twin, origins: np.ndarray, tasks: np.ndarray, now: float
@@ -379,8 +391,11 @@ class Scorer(Policy):
         self, twin: Twin, origin: int, task: int, probed: np.ndarray, now: float
     ) -> int:
         state = twin.exact_state(origin, task, probed, now)
-        probs = self.scorer.state_probs(twin.task_spec(task), state)
-        return int(self._draw(probs[None])[0])
+        probs = self.scorer.state_probs(twin.task_spec(task), state, self.top, self.candidate_rng)
+        live = np.flatnonzero(probs)  # the target ``_draw`` takes on every server, cheaper
+        cdf = np.cumsum(probs[live])
+        pick = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
+        return int(live[min(pick, live.size - 1)])
 
 
 def make_policy(

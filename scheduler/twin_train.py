@@ -11,6 +11,11 @@ busy clusters. The result is a ``ClusterScheduler.save`` checkpoint: the agent's
 
 ``warm_checkpoint`` saves a fresh actor after the daemon's warm start (a soft-greedy clone on
 the cluster's speeds): what an agent without a checkpoint starts from.
+
+``actor = "scorer"`` (``lad`` only) trains the per-server scorer (``lad_scorer.py``,
+``lad_scorer_learning.py``) instead of the paper's network; its warm start is on the paper's
+relative spread (its features are relative, so one checkpoint serves any cluster), with the
+critics fitted, and never the packaged default.
 """
 
 from __future__ import annotations
@@ -32,16 +37,22 @@ from dedgeai.scheduler.twin_scenarios import Scenario, arrival_rate
 
 TRAIN_LOADS = (0.5, 0.7, 0.9, 1.1)
 SEGMENT_S = 300.0  # simulated seconds per load segment
+SCORER_WARM = "clone 1500 + critics 600"  # in the cache key: change it when those steps change
 
 
 def _key(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
-def warm_checkpoint(method: str, capacities: np.ndarray, cache_dir: Path, seed: int = 0) -> Path:
-    """A fresh actor warm-started on ``capacities`` (the daemon's start), cached on disk."""
+def warm_checkpoint(
+    method: str, capacities: np.ndarray, cache_dir: Path, seed: int = 0, actor: str = "ladn"
+) -> Path:
+    """A fresh actor warm-started on ``capacities`` (the daemon's start), cached on disk.
+    ``actor = "scorer"``: the scorer's warm start (the paper's spread) with fitted critics."""
     if method not in LEARNED:
         raise ValueError(f"{method!r} is not a learned policy ({LEARNED})")
+    if actor == "scorer":
+        return _warm_scorer_checkpoint(cache_dir, seed)
     caps = np.asarray(capacities, dtype=np.float64)
     path = (
         Path(cache_dir)
@@ -56,6 +67,17 @@ def warm_checkpoint(method: str, capacities: np.ndarray, cache_dir: Path, seed: 
             seed=seed,
             capacities=caps,
             **_daemon_kwargs(method),  # type: ignore[arg-type]
+        )
+        scheduler.save(path)
+    return path
+
+
+def _warm_scorer_checkpoint(cache_dir: Path, seed: int) -> Path:
+    path = Path(cache_dir) / f"warm-lad-scorer-{_key('scorer', seed, SCORER_WARM)}.pt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scheduler = ClusterScheduler(
+            "lad", 2, 0, seed=seed, learn=True, actor="scorer", packaged_default=False
         )
         scheduler.save(path)
     return path
@@ -125,6 +147,7 @@ def train_in_twin(
     learn_config: LearnConfig | None = None,
     cache_dir: Path | None = None,
     on_segment: Callable[[dict[str, Any]], None] | None = None,
+    actor: str = "ladn",
 ) -> tuple[Path, TrainStats]:
     """Train ``method`` on ``hours`` of simulated traffic of ``scenario``'s cluster.
 
@@ -136,6 +159,7 @@ def train_in_twin(
         train_steps_per_box_s: updates per box per simulated second (the agent's
             ``train_steps_per_s``).
         on_segment: called with each segment's statistics as it ends (a progress bar).
+        actor: ``ladn`` (the paper's network) or ``scorer`` (``lad`` only; any cluster size).
         learn_config: a fresh actor's settings; from a checkpoint, only its warm-up and
             batch size are taken (the pacing, as the agent's ``learn_warmup`` does), the rest
             is the checkpoint's own.
@@ -146,7 +170,9 @@ def train_in_twin(
     started = time.perf_counter()
     N = scenario.n_boxes
     if start is None:
-        start = warm_checkpoint(method, scenario.capacities, cache_dir or out.parent, seed)
+        start = warm_checkpoint(
+            method, scenario.capacities, cache_dir or out.parent, seed, actor=actor
+        )
     scheduler = ClusterScheduler(
         method,
         N,
@@ -155,6 +181,7 @@ def train_in_twin(
         checkpoint=start,
         learn=True,
         learn_config=learn_config,  # None: a checkpoint keeps its own pacing
+        actor=actor,
         **_daemon_kwargs(method),  # type: ignore[arg-type]
     )
     learner = Learner(scheduler, train_steps_per_box_s)
@@ -167,6 +194,7 @@ def train_in_twin(
         sc = sc.with_(n_tasks=n_tasks, warmup_fraction=0.0)
         result = Twin(sc, learner, seed=seed * 100_003 + segment, batch_window_s=0.0).run()
         learner.take_delays()
+        recent, learner.losses = learner.losses, []
         stats.simulated_s += SEGMENT_S
         stats.tasks += n_tasks
         stats.segments.append(
@@ -176,6 +204,9 @@ def train_in_twin(
                 "mean_s": result.mean_s,
                 "trained_steps": scheduler.trained_steps,
                 "rewards": learner.rewards,
+                # the segment's updates: mean of each loss/chart (the scorer's include its
+                # argmax agreement with greedy on the batch)
+                **{k: float(np.mean([m[k] for m in recent])) for k in (recent or [{}])[0]},
             }
         )
         segment += 1

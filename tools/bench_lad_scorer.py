@@ -14,6 +14,13 @@ not a measurement of agents (docs/results_cluster.md §4).
 ``twin_train.warm_checkpoint``, batched as in ``tools/bench_twin.py``); ``lad-scorer`` decides
 task by task on the box's gossip view, as the daemon does; ``lad-scorer-pod2`` on the probed
 state. Every finished run is appended to ``<json>.rows.jsonl`` and skipped when run again.
+
+``--scorers TAG=PATH`` adds scorer checkpoints (a twin-trained one, say) as the policies
+``lad-scorer:TAG`` and ``lad-scorer-pod2:TAG``, side by side with the warm start:
+
+    nice python tools/bench_lad_scorer.py --tasks 8000 --seeds 2 --sizes 8 32 \
+        --scorers trained=runs/twin-scorer-8/policy.pt --json docs/results/bench_scorer_trained.json \
+        --policies omniscient pod2 soft-greedy lad-scorer lad-scorer:trained
 """
 
 from __future__ import annotations
@@ -47,11 +54,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--loads", nargs="+", type=float, default=list(LOADS))
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first-seed.. (new seeds: not training's)"
+    )
     parser.add_argument("--tasks", type=int, default=6000, help="arrivals per run")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES))
     parser.add_argument("--jobs", type=int, default=1, help="processes (runs in parallel)")
     parser.add_argument("--cache", type=Path, default=Path("runs/twin_cache"))
     parser.add_argument("--json", type=Path, default=Path("docs/results/bench_lad_scorer.json"))
+    parser.add_argument(
+        "--scorers",
+        nargs="*",
+        default=[],
+        metavar="TAG=PATH",
+        help="scorer checkpoints, run as the policies lad-scorer:TAG (and lad-scorer-pod2:TAG)",
+    )
     return parser.parse_args(argv)
 
 
@@ -68,12 +85,19 @@ def scorer_checkpoint(cache: Path) -> tuple[Path, dict[str, Any]]:
     return path, LADScorer.load(path).cloned
 
 
-def run(job: tuple[int, float, int, str, int, Path]) -> dict[str, Any]:
-    n, load, seed, name, tasks, cache = job
+def run(job: tuple[int, float, int, str, int, Path, dict[str, Path]]) -> dict[str, Any]:
+    n, load, seed, name, tasks, cache, scorers = job
     import torch
 
     torch.set_num_threads(1)
     sc = paper(n, load=load, n_tasks=tasks, gossip_interval_s=1.0)
+    base, _, tag = name.partition(":")
+    if tag:  # lad-scorer:TAG, lad-scorer-pod2:TAG: that checkpoint
+        policy = make_policy(base, {"lad-scorer": scorers[tag]}, seed=seed, batched=False)
+        policy.name = name
+        row = Twin(sc, policy, seed=seed).run().summary()
+        row.update(boxes=n, load=load, policy=name, seed=seed)
+        return row
     if name == "lad":
         checkpoints = {"lad": warm_checkpoint("lad", paper(n, n_tasks=1).capacities, cache)}
     elif name.startswith("lad-scorer"):
@@ -123,11 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     if rows_path.exists():
         rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line]
     done = {(r["boxes"], r["load"], r["seed"], r["policy"], r["tasks"]) for r in rows}
+    scorers = {tag: Path(path) for tag, _, path in (s.partition("=") for s in args.scorers)}
     jobs = [
-        (n, load, seed, name, args.tasks, args.cache)
+        (n, load, seed, name, args.tasks, args.cache, scorers)
         for n in args.sizes
         for load in args.loads
-        for seed in range(args.seeds)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
         for name in args.policies
         if (n, load, seed, name, args.tasks) not in done
     ]

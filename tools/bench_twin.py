@@ -6,8 +6,10 @@ Three parts (``--part``):
   0.7 / 0.9 / 1.1, ``--tasks`` Poisson arrivals per cell (Flickr8k mix, uniform origins),
   ``--seeds`` seeds, 1 s all-to-all gossip: mean and p99 delay of every policy as a ratio
   to the omniscient central scheduler on the same arrivals (mean over seeds).
-- ``speed``: 1,024 boxes x ``--sim-s`` simulated seconds at load 0.9 with LAD-TS decisions
-  (batched), one thread: wall seconds.
+- ``speed``: 1,024 boxes x ``--sim-s`` simulated seconds at load 0.9, one thread: wall
+  seconds of each ``--policy`` (default ``lad-scorer``, the daemon's LAD-TS actor at any
+  size, batched), beside omniscient and soft-greedy on the same arrivals in the same
+  invocation, and every policy's mean delay / omniscient's.
 - ``gossip``: per box messages and bytes per second, the age of the reports decisions use,
   and failure-detection time vs N, for all-to-all and for the SWIM-style partial view.
 
@@ -42,7 +44,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from dedgeai.scheduler.twin import Twin, ratio_table  # noqa: E402
-from dedgeai.scheduler.twin_policies import make_policy  # noqa: E402
+from dedgeai.scheduler.twin_policies import Scorer, make_policy  # noqa: E402
 from dedgeai.scheduler.twin_scenarios import (  # noqa: E402
     REQUEST_OVERHEAD_BYTES,
     Arrivals,
@@ -92,6 +94,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", action="append", default=[], help="METHOD=PATH")
     parser.add_argument("--cache", type=Path, default=Path("runs/twin_cache"))
     parser.add_argument("--sim-s", type=float, default=600.0, help="speed: simulated seconds")
+    parser.add_argument("--boxes", type=int, default=1024, help="speed: cluster size")
+    parser.add_argument(
+        "--policy", nargs="+", default=["lad-scorer"], help="speed: the policies timed"
+    )
+    parser.add_argument(
+        "--candidates", type=int, help="speed: servers the scorer scores (0: all; default "
+        "lad_scorer.CANDIDATES)"
+    )  # fmt: skip
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--measured", type=Path, default=Path("docs/results/bench_cluster.json"), help="replay"
@@ -223,33 +233,96 @@ def _progress(i: int, total: int, row: dict[str, Any], started: float) -> None:
 
 
 # ---- speed --------------------------------------------------------------------------------------
+SPEED_REFERENCES = ("omniscient", "soft-greedy")  # run beside ``--policy``, same arrivals
+
+
+def _scorer_checkpoint(cache: Path) -> Path:
+    """The scorer a daemon starts with: the packaged default where there is one, else the
+    warm start (seed 0), cloned once and cached (as tools/bench_lad_scorer.py)."""
+    from dedgeai.scheduler.lad_scorer import DEFAULT_CHECKPOINT, LADScorer
+
+    if DEFAULT_CHECKPOINT.exists():
+        return DEFAULT_CHECKPOINT
+    path = cache / "lad-scorer-warm-seed0.pt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scorer = LADScorer(seed=0)
+        scorer.warm_start()
+        scorer.save(path)
+    return path
+
+
+def _speed_run(sc: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    if name.startswith("lad-scorer"):
+        ckpts = {"lad-scorer": _scorer_checkpoint(args.cache)}
+    else:
+        ckpts = _checkpoints(name, sc.n_boxes, args)
+    started = time.perf_counter()
+    policy = make_policy(name, ckpts, seed=0)
+    if isinstance(policy, Scorer) and args.candidates is not None:
+        policy.top = args.candidates or None
+    twin = Twin(sc, policy, seed=0)
+    result = twin.run()
+    return {
+        "policy": name,
+        "batched": policy.batched,
+        "candidates": policy.top if isinstance(policy, Scorer) else None,
+        "checkpoint": str(ckpts.get("lad-scorer", ckpts.get(name.split("+")[0], ""))),
+        "simulated_s": twin.now,
+        "decisions": result.counters["decisions"],
+        "decision_batches": result.counters["decision_batches"],
+        "wall_s": time.perf_counter() - started,
+        "run_wall_s": result.wall_s,
+        "mean_s": result.mean_s,
+        "p99_s": result.percentile_s(99),
+        "done": result.done,
+    }
+
+
 def speed(args: argparse.Namespace) -> dict[str, Any]:
+    """1,024 boxes x ``--sim-s`` at load 0.9: wall time of each ``--policy`` (the scorer by
+    default), with omniscient and soft-greedy on the same arrivals in the same invocation
+    (the machine is shared: their ratios are what compares)."""
     import torch
 
     torch.set_num_threads(1)
-    n = 1024
+    n = args.boxes
     sc = paper(n, load=0.9, n_tasks=1)
     sc = sc.with_(n_tasks=int(arrival_rate(sc) * args.sim_s))
-    path = _checkpoints("lad", n, args)
-    started = time.perf_counter()
-    twin = Twin(sc, make_policy("lad", path), seed=0)
-    result = twin.run()
-    total = time.perf_counter() - started
-    row = {
-        "boxes": n,
-        "load": 0.9,
-        "simulated_s": twin.now,
-        "tasks": sc.n_tasks,
-        "decisions": result.counters["decisions"],
-        "decision_batches": result.counters["decision_batches"],
-        "wall_s": total,
-        "run_wall_s": result.wall_s,
-        "goal_wall_s": 120.0,
-        "met": total <= 120.0,
-        "lad_mean_s": result.mean_s,
-    }
-    console.print(row)
-    return {"speed": row}
+    names = [*args.policy, *(p for p in SPEED_REFERENCES if p not in args.policy)]
+    for name in names:  # warm starts before the clock
+        if name.startswith("lad-scorer"):
+            _scorer_checkpoint(args.cache)
+        else:
+            _checkpoints(name, n, args)
+    runs = {}
+    for name in names:
+        runs[name] = _speed_run(sc, name, args)
+        console.print(runs[name], highlight=False)
+    ideal, soft = runs["omniscient"]["mean_s"], runs["soft-greedy"]["wall_s"]
+    rows = []
+    for name in names:
+        r = runs[name]
+        r.update(
+            boxes=n,
+            load=0.9,
+            tasks=sc.n_tasks,
+            mean_over_omniscient=r["mean_s"] / ideal,
+            wall_over_soft_greedy=r["wall_s"] / soft,
+            goal_wall_s=120.0,
+            met=r["wall_s"] <= 120.0,
+        )
+        rows.append(r)
+    grid = Table(title=f"twin speed: {n} boxes x {args.sim_s:g} simulated s, load 0.9, one thread")
+    for col in ("policy", "decisions", "wall s", "wall / soft-greedy", "mean / omniscient"):
+        grid.add_column(col, justify="right")
+    for r in rows:
+        grid.add_row(
+            r["policy"], f"{r['decisions']:.0f}", f"{r['wall_s']:.1f}",
+            f"{r['wall_over_soft_greedy']:.2f}", f"{r['mean_over_omniscient']:.3f}",
+        )  # fmt: skip
+    console.print(grid)
+    return {"speed": rows}
 
 
 # ---- gossip -------------------------------------------------------------------------------------
@@ -328,7 +401,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for k, load in enumerate(loads):
         rate = load * speeds.sum() / ((lo + hi) / 2)
-        n_tasks = max(8, round(rate * float(st["duration_s"])))
+        n_tasks = int(st.get("tasks") or max(8, round(rate * float(st["duration_s"]))))
         trace = poisson_trace(n_tasks, rate, speeds.size, int(st["seed"]) + k, (lo, hi))
         size = [(len(a.prompt) + REQUEST_OVERHEAD_BYTES) * 8 / 1e6 for a in trace]
         arr = Arrivals(

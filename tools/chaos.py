@@ -567,7 +567,8 @@ def summarise(
     }
     forwarding: Counter[str] = Counter()
     for entry in health.values():
-        forwarding.update({k: int(v or 0) for k, v in (entry.get("forwarding") or {}).items()})
+        counters = (entry.get("forwarding") or {}).items()  # counts; `stealing` is a section
+        forwarding.update({k: int(v) for k, v in counters if type(v) in (int, float)})
     running = all(e["running"] and e.get("answered") for e in health.values())
     counted = {
         k: v for k, v in problems.items() if not (allow_reruns and k == "rerun_after_reclaim")

@@ -204,6 +204,12 @@ def train_cmd(
         float,
         typer.Option(help="--env cluster: updates per box per simulated second (the agent's)."),
     ] = 2.0,
+    actor: Annotated[
+        str,
+        typer.Option(
+            help="--env cluster, lad: ladn (the paper's network) or scorer (per-server, any size)."
+        ),
+    ] = "ladn",
 ) -> None:
     """Train one method: OUT/metrics.csv, summary.json, learning.png and, for learners, policy.pt.
 
@@ -215,14 +221,17 @@ def train_cmd(
         from dedgeai.agent.client import cli_sim_cluster
         from dedgeai.scheduler.policy_names import LEARNED
 
-        problem = cli_sim_cluster.check(method, boxes, spread, hours, LEARNED, train_steps_per_s)
+        problem = cli_sim_cluster.check(
+            method, boxes, spread, hours, LEARNED, train_steps_per_s, actor
+        )
         if problem:
             raise _fail(problem)
         _writable_dir(out, "--out")
         try:
             cli_sim_cluster.train(
-                out, method, boxes, spread, hours, train_steps_per_s, seed, resume, console, err
-            )
+                out, method, boxes, spread, hours, train_steps_per_s, seed, resume, console, err,
+                actor=actor,
+            )  # fmt: skip
         except SchedulerError as exc:
             raise _fail(str(exc), exit_code_of(exc)[1]) from exc
         except ValueError as exc:

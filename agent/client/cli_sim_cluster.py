@@ -20,6 +20,7 @@ SPREADS = ("paper", "jetson-rtx")  # scheduler/twin_scenarios.py presets
 MAX_BOXES = 1024
 MAX_HOURS = 1000.0
 MAX_TRAIN_STEPS_PER_S = 100.0
+ACTORS = ("ladn", "scorer")  # lad's actor: the paper's network, or the per-server scorer
 
 
 def check(
@@ -29,8 +30,13 @@ def check(
     hours: float,
     learned: tuple[str, ...],
     train_steps_per_s: float,
+    actor: str = "ladn",
 ) -> str:
     """The first thing wrong with these options, or "" (checked before any work)."""
+    if actor not in ACTORS:
+        return f"--actor must be one of {', '.join(ACTORS)}, got {actor!r}"
+    if actor == "scorer" and method != "lad":
+        return f"--actor scorer is an actor of the lad policy, not of {method!r}"
     if method not in learned:
         return (
             f"--env cluster trains a learned daemon policy ({', '.join(learned)}), not {method!r}"
@@ -57,8 +63,11 @@ def train(
     resume: Path | None,
     console: Console,
     err: Console,
+    actor: str = "ladn",
 ) -> None:
-    """Train, then write OUT/policy.pt, summary.json and learning.png, and print a table."""
+    """Train, then write OUT/policy.pt, summary.json and learning.png, and print a table.
+    ``actor = "scorer"``: the per-server scorer (any cluster size; the agent's
+    ``lad_actor = "scorer"``), from its warm start on the paper's spread."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from dedgeai.scheduler import twin_scenarios
@@ -67,8 +76,9 @@ def train(
     make = twin_scenarios.paper if spread == "paper" else twin_scenarios.jetson_rtx
     scenario = make(boxes)
     segments = max(1, math.ceil(hours * 3600.0 / SEGMENT_S))
+    label = f"{method} ({actor})" if actor != "ladn" else method
     progress = Progress(
-        TextColumn(f"[bold]{method} in the twin, {scenario.name}"),
+        TextColumn(f"[bold]{label} in the twin, {scenario.name}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[last]}"),
@@ -91,10 +101,12 @@ def train(
             train_steps_per_box_s=train_steps_per_s,
             cache_dir=out / "cache",
             on_segment=advanced,
+            actor=actor,
         )
     summary = {
         "env": "cluster",
         "method": method,
+        "actor": actor,
         "scenario": scenario.name,
         "boxes": boxes,
         "capacities_steps_per_s": [round(float(c), 4) for c in scenario.capacities],
@@ -108,12 +120,13 @@ def train(
         "segments": stats.segments,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plot(out / "learning.png", stats.segments, f"{method} trained in the twin, {scenario.name}")
-    console.print(_table(stats.segments, TRAIN_LOADS, f"{method}, {scenario.name}, seed {seed}"))
+    _plot(out / "learning.png", stats.segments, f"{label} trained in the twin, {scenario.name}")
+    console.print(_table(stats.segments, TRAIN_LOADS, f"{label}, {scenario.name}, seed {seed}"))
     console.print(
         f"{stats.tasks:,} simulated tasks in {stats.wall_s:.1f} s, {stats.trained_steps:,} "
         f"updates; wrote {path}, {out / 'summary.json'}, {out / 'learning.png'}\n"
-        f"an agent of a {boxes}-box cluster loads it with policy = {method!r} and "
+        f"an agent of a {'' if actor == 'scorer' else f'{boxes}-box '}cluster loads it with "
+        f"policy = {method!r}{', lad_actor = ' + repr(actor) if actor != 'ladn' else ''} and "
         f"policy_checkpoint = {str(path)!r}"
     )
 

@@ -230,11 +230,21 @@ def cluster_table(cluster: dict[str, Any], width: int | None = None) -> Table:
         f"mDNS {text(u.get('endpoint'))} not used: {text(u.get('reason'))}"
         for u in rows_of(cluster.get("discovered_unused"))
     ]
+    own = next((r for r in servers if r.get("self") is True), {})
+    if gossip := mapping(own.get("gossip")):  # this agent's gossip cost, both directions
+        notes.append(
+            f"gossip: sent {_num(gossip.get('sent_msgs_per_s'), ' msg/s')}, "
+            f"{_num(gossip.get('sent_bytes_per_s'), ' B/s', 0)}; "
+            f"received {_num(gossip.get('recv_msgs_per_s'), ' msg/s')}, "
+            f"{_num(gossip.get('recv_bytes_per_s'), ' B/s', 0)}"
+        )
     # Remote text has no newline left (``clean``): one note per line.
     table.caption, table.caption_justify = (Text("\n".join(notes)) if notes else None), "left"
     cells: dict[str, list[Text]] = {name: [] for name in _CLUSTER_COLUMNS}
     for row in servers:
         label = _state(row.get("state"))
+        if row.get("member") not in (None, "alive"):  # partial gossip: suspect or dead
+            label.append(f" ({text(row.get('member'))})")
         if row.get("error"):
             label.append(" (!)")  # the whole error is in the caption
         model = text(row.get("model") or None, NONE)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from dedgeai.agent.cluster import partial_gossip as partial
 from dedgeai.agent.cluster.discovery import Discovery, Found, admit
 from dedgeai.agent.cluster.forwarding import Forwarding, cancel_message, forward_message
 from dedgeai.agent.cluster.gossip_sanity import sanitize_report
@@ -36,8 +37,16 @@ from dedgeai.agent.cluster.links import (
     read_peer_reply,
     version_refusal,
 )
+from dedgeai.agent.cluster.partial_view import GossipMeter
 from dedgeai.agent.cluster.peers import Heard, Peer, PeerState, PeerTable, Refused, VersionMismatch
 from dedgeai.agent.cluster.probes import Probes, Round, probe_timeout_s
+from dedgeai.agent.cluster.stealing import (
+    MAX_SCAN,
+    Candidate,
+    Stealing,
+    choose_offer,
+    reply_timeout_s,
+)
 from dedgeai.agent.errors import ConfigError, ErrorCode, ProtocolError
 from dedgeai.agent.node import protocol as p
 from dedgeai.agent.node.config import AgentConfig
@@ -56,6 +65,7 @@ log = logging.getLogger("dedgeai.agent.cluster.coordinator")
 REFERENCE_PIXELS = 512 * 512  # work is counted in 512x512-equivalent denoising steps
 LINK_MBIT_PER_S = 100.0  # assumed link speed for the forwarding-overhead estimate
 REQUEST_OVERHEAD_BYTES = 200  # envelope and fields of a forwarded submit, beyond the prompts
+GUARD_CONTROL = "pod2"  # a learned policy's control arm: the heuristic that wins in the twin
 PROBE_ANSWER_MAX_AGE_S = 0.01  # a probe answer is reused this long (a flood of probes)
 DECISION_SAMPLES = 4096  # scheduling latencies kept for the status percentiles
 QUIET_INTERVALS = 3  # a forwarded task silent this many gossip intervals is asked again
@@ -147,9 +157,18 @@ class Cluster:
         self.pending = np.zeros(self.n_slots)  # work sent to each peer since its last gossip
         self.sent_work = np.zeros(self.n_slots)  # work sent to each peer since start
         d = probes_of(config.policy)
+        self.probing_policy = d > 0
+        # tasks the guard drew for its control arm, probed before they are placed
+        self.control_tasks: set[str] = set()
+        if not d and self.host.guard is not None:  # the guard's control arm is the best
+            d = probes_of(GUARD_CONTROL)  # heuristic, pod2: its tasks are probed too
+            self.host.control_name = GUARD_CONTROL
         self.probes = Probes(d, node_seed(core.node)) if d else None
+        self.stealing = Stealing(config.work_stealing)  # answers steals even when off
         self.interval_started = now
         self.last_gossip = 0.0
+        self.gossip_meter = GossipMeter(now)  # gossip messages and bytes, either mode
+        self.partial = partial.new_view(self, node_seed(core.node))  # gossip = "partial"
         self.decision_s: deque[float] = deque(maxlen=DECISION_SAMPLES)
         self.decisions_made = 0  # every placement since start (the deque keeps the last ones)
         self.decision_summary: tuple[int, dict[str, Any]] = (0, {"count": 0})
@@ -249,7 +268,10 @@ class Cluster:
         is a hint, though: a peer that says it restarted, or that we do not see up, is asked
         at once on our link, so a restart is noticed within a round trip, not an interval.
         """
+        if isinstance(msg, p.PingReq):  # partial gossip: probe a member for a peer
+            return partial.on_ping_req(self, route, msg, now)
         body = msg.body
+        self.gossip_meter.received(len(p.encode(p.envelope("gossip", msg.id, **body))))
         peer = self.table.by_node(str(body.get("node"))) or next(
             (q for q in self.table if q.endpoint == body.get("endpoint")), None
         )
@@ -258,8 +280,14 @@ class Cluster:
         )
         if news and now - self.hinted_at.get(peer.slot, float("-inf")) >= HINT_EVERY_S:
             self.hinted_at[peer.slot] = now
-            self.links.send(peer.slot, gossip_message(self.body(now)))
-        reply = p.envelope("gossip", msg.id, **self.body(now), echo_sent_at=body["sent_at"])
+            partial.send_gossip(self, peer.slot, gossip_message(self.body(now)))
+        extra: dict[str, Any] = {}
+        if self.partial is not None:  # its report and digest are hints; ours go back
+            partial.on_request(self, body, now)
+            extra = partial.partial_fields(self, now)
+        echo = body["sent_at"]
+        reply = p.envelope("gossip", msg.id, **self.body(now), **extra, echo_sent_at=echo)
+        self.gossip_meter.sent(len(p.encode(reply)))
         return [Send(route, reply)]
 
     def on_probe(self, route: Route, msg: p.Probe, now: float) -> list[Effect]:
@@ -272,6 +300,119 @@ class Cluster:
         if self._probe_answer is None or now - self._probe_answer[0] >= PROBE_ANSWER_MAX_AGE_S:
             self._probe_answer = (now, self.load_body(now))
         return [Send(route, p.envelope("probe_reply", msg.id, **self._probe_answer[1]))]
+
+    # --- work stealing (``stealing``) ------------------------------------------------
+
+    def on_steal(self, route: Route, msg: p.Steal, now: float) -> list[Effect]:
+        """A peer's ``steal`` (it is idle): hand it our last queued task if it would finish
+        it sooner; a ``steal_reply`` either way. The hand-over is a forward (journaled
+        first, reclaimed like any other), so the task never runs here unless reclaimed."""
+        stealing, core = self.stealing, self.core
+        peer = self.table.by_node(msg.node)
+        if msg.node == core.node or peer is None or peer.state is not PeerState.UP:
+            stealing.served("refused")
+            why = "`node` is not a peer this agent has up"
+            return [Send(route, p.error_reply(msg.id, ErrorCode.FORBIDDEN, why, field="node"))]
+        if stealing.over_budget():
+            stealing.served("declined")
+            why = "too many steals in this gossip interval; ask again later"
+            return [Send(route, p.envelope("steal_reply", msg.id, given=False, reason=why))]
+        running = core.tasks.get(core.running) if core.running is not None else None
+        ahead = 0.0  # work that runs before the tail looked at: the running task's and ...
+        if running is not None:
+            req = running.request
+            ahead = equivalent_steps(running.remaining_steps, req.width, req.height)
+        head = len(core.queue) - MAX_SCAN  # ... the tasks queued before it
+        queued = []
+        for index, task_id in enumerate(core.queue):
+            task = core.tasks[task_id]
+            if index < head:
+                req = task.request
+                ahead += equivalent_steps(task.remaining_steps, req.width, req.height)
+                continue
+            spec = self._spec(task)
+            transfer = (peer.rtt_s or 0.0) + spec.size_mbit / LINK_MBIT_PER_S
+            queued.append(Candidate(task, spec.demand_steps, transfer))
+
+        def eligible(task: TaskRecord) -> bool:
+            return (
+                core.stealable(task.id)
+                and task.origin != msg.node  # never back to its origin
+                and task.id not in stealing.stolen  # stolen here: no second steal
+                and peer.slot not in task.placement.avoid  # lost there before
+                and not task.placement.force_local  # re-dispatched too often: stays here
+            )
+
+        own = self._capacity() or 0.0
+        offer, why = choose_offer(queued, ahead, own, msg.capacity_steps_per_s, eligible)
+        effects: list[Effect] = []
+        if offer is not None:
+            who = peer.name or peer.endpoint
+            reason = f"stolen by {who}: est {offer.there_s:.2f} s there, {offer.here_s:.2f} s here"
+            placement = offer.task.placement.with_(
+                local=False,
+                target=peer.slot,
+                node=peer.node,
+                name=peer.name,
+                endpoint=peer.endpoint,
+                reason=reason,
+            )
+            effects = core.hand_over(offer.task.id, placement, now)
+            why = why or "the task could not move"
+        if not effects:
+            stealing.served("declined")
+            reply = p.envelope("steal_reply", msg.id, given=False, task=None, reason=why)
+            return [Send(route, reply)]
+        assert offer is not None
+        demand = self._spec(offer.task).demand_steps
+        self.pending[peer.slot] += demand
+        self.sent_work[peer.slot] += demand
+        stealing.served("given")
+        log.info("task %s: %s", offer.task.id, placement.reason)
+        reply = p.envelope("steal_reply", msg.id, given=True, task=offer.task.id)
+        return [*effects, Send(route, reply)]
+
+    def on_steal_reply(self, slot: int, reply: p.Reply, now: float) -> list[Effect]:
+        """The answer to our ``steal`` (a heartbeat of its peer). A given task arrives as an
+        ordinary forwarded ``submit``; after an empty answer the next victim is asked."""
+        self._heard(slot, Heard(now), now)
+        ok = reply.type == "steal_reply"
+        given = reply.get("task") if ok and reply.get("given") else None
+        wait_s = self.config.forward_ack_timeout_s  # the victim reclaims it after this
+        answered = self.stealing.answered(str(reply.id), slot, given, not ok, now, wait_s)
+        if answered and given is None:
+            self._steal(now)
+        return []
+
+    def _steal(self, now: float) -> None:
+        """With ``work_stealing``, when nothing is queued or running here: ask the peer
+        that reports the largest backlog (in seconds, with a task queued) for one task."""
+        stealing, core = self.stealing, self.core
+        stealing.expired(now)
+        if not stealing.enabled:
+            return
+        if core.running is not None or core.queue or core.placing:
+            stealing.busy()  # a new idle spell, when it comes, may ask again
+            return
+        if not core.accepting or core.storage_error is not None:
+            return
+        if stealing.waiting(now, lambda t: t in core.tasks or t in core.recently_finished):
+            return
+        own = self._capacity()
+        if not own:
+            return
+        reports = []
+        for peer in self.table:
+            rate = peer.info.get("capacity_steps_per_s")
+            if peer.state is PeerState.UP and rate and peer.info.get("queued"):
+                reports.append((peer.slot, float(peer.info.get("backlog_steps", 0.0)) / rate))
+        slot = stealing.choose(reports)
+        if slot is None:
+            return
+        request_id = stealing.open(slot, now, reply_timeout_s(self.table.by_slot[slot].rtt_s))
+        message = p.envelope("steal", request_id, node=core.node, capacity_steps_per_s=own)
+        if not self.links.send(slot, message):
+            stealing.unsent()
 
     def _handshakes(self, ready: dict[zmq.Socket, int], now: float) -> list[Effect]:
         effects: list[Effect] = []
@@ -308,15 +449,28 @@ class Cluster:
             if refusal is not None:
                 effects += self._incompatible(slot, refusal, now)
                 continue
+            if Stealing.is_steal(reply.id):
+                try:  # as below: a bug costs that reply (the steal times out)
+                    effects += self.on_steal_reply(slot, reply, now)
+                except Exception:
+                    log.exception("slot %d: could not handle its steal reply", slot)
+                continue
             if self.probes is not None and Probes.is_probe(reply.id):
                 try:  # as below: a bug costs that reply (its round ends at its deadline)
                     effects += self.on_probe_reply(slot, reply, now)
                 except Exception:
                     log.exception("slot %d: could not handle its probe reply", slot)
                 continue
+            if reply.type in ("gossip", "ping_ack"):
+                self.gossip_meter.received(sum(len(f) for f in frames))
+            if reply.type == "ping_ack":
+                self._heard(slot, Heard(now), now)
+                partial.on_ping_ack(self, reply)
+                continue
             info, rtt = None, None
             if reply.type == "gossip":
-                info = {k: v for k, v in reply.fields.items() if k != "echo_sent_at"}
+                drop = ("echo_sent_at", "digest")  # the digest is merged by partial.heard
+                info = {k: v for k, v in reply.fields.items() if k not in drop}
                 info, why = sanitize_report(
                     self.table.by_slot[slot].info or None, info, self._capacity()
                 )
@@ -326,6 +480,8 @@ class Cluster:
                 rtt = now - echo if isinstance(echo, (int, float)) else None
             try:  # a bug (or a reply no check foresaw) costs that reply, not the agent
                 self._heard(slot, Heard(now, info, rtt), now)
+                if self.partial is not None:
+                    effects += partial.heard(self, slot, reply, now)
                 effects += self.forwarding.on_reply(slot, reply, now)
             except Exception:
                 log.exception("slot %d: could not handle its %s reply", slot, reply.type)
@@ -389,20 +545,28 @@ class Cluster:
         if now - self.last_gossip >= self.interval_s:
             self.last_gossip = self.interval_started = now
             self.host.start_interval()
+            self.stealing.new_interval()
             if self.host.scheduler is None:  # only a warm start waits for the speeds
                 self.capacities_snapshot = self.known_capacities()
             peers = list(self.table)
-            if peers:  # the body walks the whole queue: not built for nobody
+            if self.partial is not None:  # fanout peers; liveness by SWIM probes
+                effects += partial.start_round(self, now)
+                peers = []
+            elif peers:  # the body walks the whole queue: not built for nobody
                 message = gossip_message(self.body(now))
+                size = len(p.encode(message))
                 for peer in peers:
-                    self.links.send(peer.slot, message)
-            for slot, state in self.table.check_liveness_(now, self.interval_s):
+                    partial.send_gossip(self, peer.slot, message, size)
+                self.gossip_meter.mark(now)
+            for slot, state in self.table.check_liveness_(now, self.interval_s) if peers else ():
                 if state is PeerState.DOWN:
                     endpoint = self.table.by_slot[slot].endpoint
                     log.warning("peer %s (slot %d) is down: silent 3 intervals", endpoint, slot)
                     self.links.reset(slot, now)
                     why = "peer down (silent for 3 gossip intervals)"
                     effects += self.forwarding.reclaim_slot(slot, why, now)
+        if self.partial is not None:
+            effects += partial.timers(self, now)
         effects += self._release_unclaimed(now)
         if self.probes is not None:
             for rnd in self.probes.expired(now):
@@ -411,6 +575,7 @@ class Cluster:
         effects += reclaimed
         for task in again:
             effects += self.forward(task, now)
+        self._steal(now)
         return effects
 
     def resumed_from_pause(self, now: float) -> None:
@@ -422,6 +587,8 @@ class Cluster:
         """
         self.table.forgive_(now)
         self.forwarding.forgive(now)
+        if self.partial is not None:
+            self.partial.forgive()
         self.last_gossip = 0.0  # gossip at once: the peers hear from us again
 
     def _release_unclaimed(self, now: float) -> list[Effect]:
@@ -475,6 +642,8 @@ class Cluster:
         if self.authority is not None:
             self.authority.add_peer_endpoint(found.endpoint)
         self.table.by_slot[slot] = Peer(slot, found.endpoint, since=now, discovered=True)
+        if self.partial is not None:
+            self.partial.add_slot(slot)
         self.links.add(slot, found.endpoint)
         log.info("mDNS: peer %s (%s) takes slot %d", found.endpoint, found.node, slot)
 
@@ -584,6 +753,7 @@ class Cluster:
         return bool(
             peer.state.schedulable
             and peer.slot not in avoid
+            and not (self.partial is not None and self.partial.masked(peer.slot))
             and peer.info.get("capacity_steps_per_s")
             and peer.info.get("accepting", True)
         )
@@ -611,12 +781,15 @@ class Cluster:
         avoid = set(task.placement.avoid)
         if not self._any_peer_schedulable(avoid):  # no state or policy to compute
             return self._local("no peer available: runs here")
-        if self.probes is not None:
+        arm = self.host.draw(task.id)  # None: no guard (a heuristic, or still warming up)
+        if self.probes is not None and (self.probing_policy or arm == "control"):
+            if arm == "control":
+                self.control_tasks.add(task.id)
             return self._probe(task, avoid, time.time() if now is None else now)
         started = time.perf_counter()
         spec = self._spec(task)
         state = self.state(avoid, spec.size_mbit)
-        decision = self.host.decide(spec, state, task.id)
+        decision = self.host.decide(spec, state, task.id, arm=arm)
         return self._placement(decision, spec, started)
 
     def _probe(self, task: TaskRecord, avoid: set[int], now: float) -> Placement | None:
@@ -641,6 +814,8 @@ class Cluster:
         assert self.probes is not None
         self.probes.close(rnd.task.id)
         if rnd.task.id not in self.core.placing:
+            self.control_tasks.discard(rnd.task.id)
+            self.host.forget(rnd.task.id)  # no delay will come for the guard to judge
             return []  # dropped meanwhile (a failed journal commit): nothing to place
         try:
             placement = self._round_placement(rnd, now)
@@ -653,10 +828,16 @@ class Cluster:
         started = time.perf_counter()
         spec = self._spec(rnd.task)
         state = self.probed_state(rnd, spec.size_mbit)
-        decision = self.host.decide(spec, state, rnd.task.id)
+        if rnd.task.id in self.control_tasks:  # the guard's control arm: pod2's decision
+            self.control_tasks.discard(rnd.task.id)
+            decision = self.host.decide(
+                spec, state, rnd.task.id, arm="control", control=self.host.control_name
+            )
+        else:
+            decision = self.host.decide(spec, state, rnd.task.id)
         placement = self._placement(decision, spec, started)
         reason = decision.reason
-        if decision.policy == self.host.policy:  # not a fallback on an insane state
+        if decision.policy in (self.host.policy, GUARD_CONTROL):  # not a fallback (insane)
             finish = estimated_finish_s(spec, state)
             me, target = self.self_index, int(decision.target)
             where = "here" if target == me else f"on {placement.name or f'slot {target}'}"

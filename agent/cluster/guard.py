@@ -1,12 +1,14 @@
-"""A guard on a learned placement policy: it hands the decisions to greedy while the learned
-policy's recent delays are worse than greedy's on the same traffic, and back when they are not.
+"""A guard on a learned placement policy: it hands the decisions to a control heuristic (the
+best one: pod2 in an agent with peers to probe, else greedy) while the learned policy's recent
+delays are worse than the control's on the same traffic, and back when they are not.
 
-Why a control arm: a box cannot know what greedy *would* have done for the tasks the learned
-policy placed, and delays move with the load. So a small share of decisions (``CONTROL_SHARE``),
-drawn at random, goes to greedy while the learned policy decides the rest; both arms then see
-the same traffic and their recent mean delays compare fairly. When the learned arm's mean is
-over ``MARGIN`` x the control's (each with at least ``MIN_SAMPLES`` of its last ``WINDOW``
-delays), the roles swap: greedy decides most tasks and the learned policy keeps a small share,
+Why a control arm: a box cannot know what the heuristic *would* have done for the tasks the
+learned policy placed, and delays move with the load. So a small share of decisions
+(``CONTROL_SHARE``), drawn at random, goes to the control while the learned policy decides the
+rest; both arms then see the same traffic and their recent mean delays compare fairly. When
+the learned arm's mean is over ``MARGIN`` x the control's (each with at least ``MIN_SAMPLES`` of
+its last ``WINDOW`` delays), the roles swap: the control decides most tasks and the learned
+policy keeps a small share,
 so the guard sees when it is better again (its mean at or under the control's) and swaps back.
 Online learning goes on meanwhile from the tasks the learned policy placed.
 """

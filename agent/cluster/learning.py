@@ -9,7 +9,9 @@ observed service delay of a task that ran to completion) are queued and handed t
 scheduler by the training thread; a failed or cancelled task is ``abandon``-ed (its
 transition dropped: the time to a cancel says nothing about a server's speed). The policy
 is checkpointed in the state directory and reloaded at start. A fresh learned actor
-warm-starts (imitates greedy) in the background; greedy decides until it is ready. A
+warm-starts (imitates greedy) in the background; greedy decides until it is ready (the
+per-server scorer, ``lad_actor = "scorer"``, starts at once from the packaged default,
+``scheduler/data/lad_scorer_default.pt``, when no checkpoint is configured or saved). A
 checkpoint for another number of servers stops the agent at start; a corrupt one
 (unreadable, NaN/inf weights) is refused, kept aside, and a fresh actor warm-starts.
 
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dedgeai.agent.cluster.guard import LEARNED_STATE, PolicyGuard
+from dedgeai.agent.cluster.guard import LEARNED_STATE, Arm, PolicyGuard
 from dedgeai.agent.errors import ConfigError
 from dedgeai.scheduler.cluster_state import LEARNED, HeuristicScheduler
 from dedgeai.scheduler.errors import (
@@ -59,6 +61,13 @@ READY, WARMING, FAILED = "ready", "warming", "failed"
 # training step in ms too, but the warm start's torch import is not cut (seconds).
 STOP_JOIN_S = 30.0
 CapacityProbe = Callable[[], "np.ndarray | None"]
+
+
+def _packaged_scorer() -> Path | None:
+    """The packaged default scorer checkpoint (``lad_scorer.DEFAULT_CHECKPOINT``), if shipped."""
+    from dedgeai.scheduler.lad_scorer import DEFAULT_CHECKPOINT  # torch: a scorer needs it
+
+    return DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else None
 
 
 class HostStats(dict[str, Any]):
@@ -111,9 +120,10 @@ class SchedulerHost:
         fresh learned actor waits up to ``CAPACITY_WAIT_S`` for it before its warm start."""
         self.policy, self.n_servers, self.self_index = policy, n_servers, self_index
         self.save_path = state_dir / "policy.pt"
-        # The per-server scorer decides with its warm start: it does not learn online yet.
+        # The per-server scorer (scheduler/lad_scorer.py) learns online as the paper's actor
+        # does (scheduler/lad_scorer_learning.py).
         scorer = policy == "lad" and lad_actor == "scorer"
-        self.learn = learn and policy in LEARNED and n_servers >= 2 and not scorer
+        self.learn = learn and policy in LEARNED and n_servers >= 2
         self.train_period_s = 1.0 / train_steps_per_s
         self.lock = threading.Lock()
         # (task id, delay) to reward; (task id, None) to abandon
@@ -124,6 +134,9 @@ class SchedulerHost:
         # A learned policy's decisions are shared with greedy as a control (agent/cluster/guard):
         # greedy takes over while the learned policy's recent delays are worse.
         self.guard = PolicyGuard(seed) if policy in LEARNED and n_servers >= 2 else None
+        # The heuristic the guard's control arm runs: greedy on gossip, or pod2 when the
+        # cluster probes the control's candidates (agent/cluster/coordinator.py sets it).
+        self.control_name = "greedy"
         self.capacities = capacities
         stats: dict[str, Any] = {
             "trained_steps": 0,
@@ -141,7 +154,7 @@ class SchedulerHost:
             "abandoned": 0,  # transitions dropped without a reward (failed/cancelled tasks)
             "rejected_rewards": 0,  # delays not finite and > 0
             "clipped_rewards": 0,  # delays over MAX_REWARD_DELAY_S
-            "guard_decisions": 0,  # decided by greedy as the guard's control (or its fallback)
+            "guard_decisions": 0,  # decided by the guard's control heuristic (or its fallback)
         }
         self.stats = HostStats(stats)
         self._pending_interval = False
@@ -160,14 +173,16 @@ class SchedulerHost:
             "mean_path": not argmax,
             "warm_start_steps": warm_start_steps,
         }
-        if scorer:  # scheduler/lad_scorer.py
-            self._kwargs["actor"] = "scorer"
+        if scorer:  # scheduler/lad_scorer.py; the packaged default is chosen below, not there
+            self._kwargs.update(actor="scorer", packaged_default=False)
         self.scheduler: Any = None
         source = self.save_path if self.save_path.exists() else None
         if source is None and checkpoint:
             source = Path(checkpoint).expanduser()
             if not source.is_file():
                 raise ConfigError(f"`policy_checkpoint` {source} does not exist")
+        if source is None and scorer and n_servers >= 2:
+            source = _packaged_scorer()  # None if the package lacks it: a warm start
         if source is not None or policy not in LEARNED or n_servers < 2:
             try:
                 self.scheduler = self._build(source)  # fast: load or a heuristic
@@ -251,18 +266,41 @@ class SchedulerHost:
 
     # --- the loop thread -------------------------------------------------------------
 
-    def decide(self, task: Any, cluster: Any, task_id: str | None) -> Any:
-        """A placement now: the policy's when it is free, else greedy's (never waits)."""
+    def draw(self, task_id: str) -> Arm | None:
+        """The guard's arm for ``task_id`` (None: no guard, or no policy to guard yet).
+
+        The cluster draws first when the control is a probing heuristic: a ``control`` task is
+        then probed before ``decide(..., arm="control")`` places it on the probed state."""
+        if self.guard is None or self.scheduler is None:
+            return None
+        arm = self.guard.arm(task_id)
+        if arm == "control":
+            self.stats["guard_decisions"] += 1
+        return arm
+
+    def decide(
+        self,
+        task: Any,
+        cluster: Any,
+        task_id: str | None,
+        arm: Arm | None = None,
+        control: str = "greedy",
+    ) -> Any:
+        """A placement now: the policy's when it is free, else greedy's (never waits).
+
+        ``arm``: drawn by :meth:`draw` already (None: drawn here, when there is a guard).
+        ``control``: the name the control arm's decisions carry (``pod2`` on a probed state)."""
         scheduler = self.scheduler
         guard = self.guard if scheduler is not None and task_id is not None else None
-        if guard is not None and guard.arm(task_id) == "control":  # type: ignore[arg-type]
-            self.stats["guard_decisions"] += 1
-            placement = self.fallback.decide(task, cluster)
+        if arm is None and guard is not None:
+            arm = self.draw(task_id)  # type: ignore[arg-type]
+        if guard is not None and arm == "control":
+            placement = self.fallback.decide(task, cluster)  # earliest finish on this state
             why = "guard control" if guard.state == LEARNED_STATE else "guard fallback"
             return type(placement)(
                 placement.target,
                 placement.probs,
-                "greedy",
+                control,
                 f"{self.policy} {why}: {placement.reason}",
             )
         if scheduler is not None and self.lock.acquire(blocking=False):
@@ -312,6 +350,11 @@ class SchedulerHost:
             self.stats["clipped_rewards"] += 1
             delay = MAX_REWARD_DELAY_S
         self.rewards.append((task_id, delay))
+
+    def forget(self, task_id: str) -> None:
+        """A task drawn for an arm that will never be placed: the guard drops it."""
+        if self.guard is not None:
+            self.guard.forget(task_id)
 
     def abandon(self, task_id: str) -> None:
         """A placed task failed, was cancelled or was reclaimed for good: no reward."""
@@ -444,7 +487,11 @@ class SchedulerHost:
             "policy": self.policy,
             "actor": self._kwargs.get("actor", "ladn") if self.policy == "lad" else None,
             "learn": self.learn,
-            "guard": self.guard.status() if self.guard is not None else None,
+            "guard": (
+                {**self.guard.status(), "control": self.control_name}
+                if self.guard is not None
+                else None
+            ),
             **self.stats.snapshot(),  # the training thread may add a key meanwhile
             "total_steps": total,
             "insane_states": insane,  # decided by greedy on a sanitised state, not recorded

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dedgeai.agent.cluster.partial_gossip import gossip_status
 from dedgeai.agent.node.records import ClusterStatus
 from dedgeai.scheduler.stats import percentile
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 def cluster_status(self: Cluster, now: float) -> ClusterStatus:
     """Rows for this agent, every peer slot, and the mDNS finds it does not use."""
     rows = [{"slot": self.self_index, "self": True, "state": "up", **self.body(now)}]
+    rows[0]["gossip"] = gossip_status(self, now)  # this box's gossip cost, either mode
     for peer in self.table:
         info = peer.info
         rows.append(
@@ -33,6 +35,7 @@ def cluster_status(self: Cluster, now: float) -> ClusterStatus:
                 "error": peer.error,
                 "discovered": peer.discovered,
                 "key": self.security.key_name(peer.endpoint) if self.security else None,
+                **(self.partial.row(peer.slot, now) if self.partial is not None else {}),
             }
         )
     made, decisions = self.decision_summary
@@ -56,6 +59,7 @@ def cluster_status(self: Cluster, now: float) -> ClusterStatus:
             **self.forwarding.stats(),
             "forwarded": self.core.counters["forwarded"],
             "reclaimed": self.core.counters["reclaimed"],
+            "stealing": self.stealing.stats(self.core.counters["stolen_out"]),
         },
         servers=tuple(sorted(rows, key=lambda r: r["slot"])),
         discovered_unused=tuple({"endpoint": e, **v} for e, v in self.unused.items()),

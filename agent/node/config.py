@@ -252,6 +252,14 @@ KEYS: tuple[Key, ...] = (
         ),
     ),
     Key(
+        "work_stealing",
+        bool,
+        False,
+        "when idle, pull one queued task from the peer that reports the largest backlog (it "
+        "gives its last queued task only if this agent would finish it sooner); every agent "
+        "answers such requests whatever this says",
+    ),
+    Key(
         "learn",
         bool,
         True,
@@ -279,8 +287,9 @@ KEYS: tuple[Key, ...] = (
         str,
         "ladn",
         "the network behind policy = lad: ladn (the paper's, over the whole state; learns online)"
-        " or scorer (one shared-weight network per server, for any cluster size; its warm start o"
-        "nly: no online learning yet)",
+        " or scorer (one shared-weight network per server, for any cluster size; learns online,"
+        " starting from the packaged default scheduler/data/lad_scorer_default.pt when no"
+        " checkpoint is configured or saved)",
         _one_of("ladn", "scorer"),
     ),
     Key(
@@ -315,6 +324,37 @@ KEYS: tuple[Key, ...] = (
         1.0,
         "seconds between telemetry messages to peers; 3 silent intervals mark a peer down",
         _positive,
+    ),
+    Key(
+        "gossip",
+        str,
+        "all",
+        "all: gossip with every peer each interval (O(N) messages per box); partial: with "
+        "`gossip_fanout` peers of a shuffled round-robin, relaying a digest of other reports, "
+        "with SWIM failure detection (constant per box; docs/scaling.md §2)",
+        _one_of("all", "partial"),
+    ),
+    Key(
+        "gossip_fanout",
+        int,
+        3,
+        "partial gossip: peers exchanged with per interval",
+        lambda value: None if 1 <= value <= 64 else "must be in 1..64",
+    ),
+    Key(
+        "gossip_digest_entries",
+        int,
+        16,
+        "partial gossip: other members' reports relayed per message (the freshest held)",
+        lambda value: None if 0 <= value <= 256 else "must be in 0..256",
+    ),
+    Key(
+        "suspect_intervals",
+        int,
+        1,
+        "partial gossip: intervals a suspect (its direct and indirect probes failed) has to "
+        "send a fresher report before it is declared dead",
+        lambda value: None if 1 <= value <= 100 else "must be in 1..100",
     ),
     Key(
         "forward_ack_timeout_s",
@@ -370,6 +410,7 @@ class AgentConfig:
     peers: tuple[str, ...] = ()
     policy: str = DEFAULT_POLICY
     probe_timeout_s: float = 0.0
+    work_stealing: bool = False
     learn: bool = True
     policy_checkpoint: str = ""
     policy_actions: str = "sample"
@@ -379,6 +420,10 @@ class AgentConfig:
     learn_warmup: int = 300
     warm_start_steps: int = 2000
     gossip_interval_s: float = 1.0
+    gossip: str = "all"
+    gossip_fanout: int = 3
+    gossip_digest_entries: int = 16
+    suspect_intervals: int = 1
     forward_ack_timeout_s: float = 3.0
     cluster_size: int = 0
     discovery: bool = False

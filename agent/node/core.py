@@ -345,6 +345,35 @@ class AgentCore:
             effects.append(Send(route, self._accepted(request_id, task_id)))
         return effects
 
+    def stealable(self, task_id: TaskId) -> bool:
+        """Whether a queued task may still be handed to another agent (work stealing): queued
+        here, not started, not held for its origin, no cancel pending."""
+        task = self.tasks.get(task_id)
+        return (
+            task is not None
+            and task.state is TaskState.QUEUED
+            and not task.cancel_requested
+            and task_id not in self.held
+            and task_id not in self.placing
+            and task_id != self.running
+        )
+
+    def hand_over(self, task_id: TaskId, placement: Placement, now: float) -> list[Effect]:
+        """Give a queued, not started task to the peer that asked for work (``placement``
+        names it): taken out of the queue and forwarded to it, journaled first, so it never
+        starts here unless the forward is reclaimed. [] when it may not move (see
+        ``stealable``). A task forwarded here by its origin stays in our charge: its result
+        is relayed back the way it came (peer -> here -> origin)."""
+        if not self.stealable(task_id):
+            return []
+        try:
+            self.queue.remove(task_id)
+        except ValueError:  # queued, yet not in the queue: not ours to give
+            return []
+        task = self.tasks[task_id] = apply(self.tasks[task_id], Forwarded(now, placement))
+        self.counters["stolen_out"] += 1
+        return [Persist(task), Forward(task)]
+
     # --- forwarded tasks (called by ``cluster.forwarding`` with what its peer said) ---
 
     def finish(self, task: TaskRecord, png: bytes | None = None) -> list[Effect]:

@@ -471,6 +471,8 @@ class AgentDaemon:
         try:
             if isinstance(msg, p.Gossip) and self.cluster is not None:
                 return self.cluster.on_gossip(route, msg, now)
+            if isinstance(msg, p.Steal) and self.cluster is not None:
+                return self.cluster.on_steal(route, msg, now)
             if isinstance(msg, p.Probe) and self.cluster is not None:
                 return self.cluster.on_probe(route, msg, now)
             if isinstance(msg, p.StatusRequest):

@@ -60,7 +60,17 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 TaskId = NewType("TaskId", str)  # canonical lower-case UUID string, global across agents
 NodeId = NewType("NodeId", str)  # UUID of one agent, persisted in its state directory
 
-REQUEST_TYPES = ("submit", "status", "result", "cancel", "tasks", "gossip", "probe")
+REQUEST_TYPES = (
+    "submit",
+    "status",
+    "result",
+    "cancel",
+    "tasks",
+    "gossip",
+    "probe",
+    "steal",
+    "ping_req",
+)
 REPLY_TYPES = (
     "accepted",
     "progress",
@@ -71,7 +81,17 @@ REPLY_TYPES = (
     "cancelled",
     "gossip",
 )
-PEER_REPLY_TYPES = ("accepted", "progress", "done", "error", "cancelled", "gossip", "probe_reply")
+PEER_REPLY_TYPES = (
+    "ping_ack",
+    "accepted",
+    "progress",
+    "done",
+    "error",
+    "cancelled",
+    "gossip",
+    "probe_reply",
+    "steal_reply",
+)
 TASK_STATES = ("queued", "running", "done", "failed", "cancelled", "forwarded")
 STAGES = ("queued", "denoise", "decode")
 CANCEL_STATES = ("cancelled", "cancelling")
@@ -132,6 +152,24 @@ class Probe:
     """A peer asks for this agent's load now (power of d choices); answered ``probe_reply``."""
 
     id: str
+
+
+@dataclass(frozen=True)
+class Steal(Probe):
+    """An idle peer asks for one queued task (work stealing); answered ``steal_reply``.
+
+    A ``Probe`` subclass, so the authority table refuses it from non-peers as it does a
+    probe; the daemon hands it to ``Cluster.on_steal``."""
+
+    node: str  # the asking peer's node id: the task is forwarded to that peer's slot
+    capacity_steps_per_s: float  # its measured 512x512 speed
+
+
+@dataclass(frozen=True)
+class PingReq(Gossip):
+    """A peer asks this agent to probe ``body["target"]`` (a node id) for it: SWIM's
+    indirect probe (``gossip = "partial"``); answered ``ping_ack`` when the target answers
+    or the probe times out. A ``Gossip`` subclass: peer-only, handed to the cluster."""
 
 
 ClientMessage = (
@@ -426,6 +464,7 @@ SUBMIT_FIELDS = {
     "owner": text(MAX_OWNER_CHARS, min_chars=1, rule=_token),
     "wait": flag(),
 }
+DIGEST_BOUNDS = Bounds(depth=1, items=256, nodes=256 * 16 + 1, chars=MAX_ID_CHARS)
 GOSSIP_FIELDS = {  # docs/protocol.md, "Peers"; None where a value is unknown
     "node": uuid_field(required=True),
     "name": text(MAX_NAME_CHARS, rule=_name),
@@ -444,6 +483,10 @@ GOSSIP_FIELDS = {  # docs/protocol.md, "Peers"; None where a value is unknown
     "telemetry": tree(dict, TELEMETRY_BOUNDS),
     "version": text(64),
     "started_at": number(0, MAX_UNIX_S),  # when the agent started: a new value = it restarted
+    # gossip = "partial": the report's generation and the reports it relays (each entry is
+    # checked field by field by agent/cluster/partial_view.py before it is merged)
+    "gen": integer(0, 2**53),
+    "digest": tree(list, DIGEST_BOUNDS, rule=_rows),
 }
 # A probe's answer: the load fields of a gossip body, fresh (docs/protocol.md, "Peers").
 PROBE_REPLY_FIELDS = {
@@ -461,6 +504,20 @@ REQUESTS: dict[str, Schema] = {
     "tasks": Schema({"limit": integer(1, MAX_TASKS_LIMIT), "state": text(16, choices=TASK_STATES)}),
     "gossip": Schema(GOSSIP_FIELDS),
     "probe": Schema({}),
+    "ping_req": Schema({"target": uuid_field(required=True)}),
+    "steal": Schema(
+        {
+            "node": uuid_field(required=True),
+            "capacity_steps_per_s": number(
+                0, MAX_CAPACITY_STEPS_PER_S, required=True, open_low=True
+            ),
+        }
+    ),
+}
+STEAL_REPLY_FIELDS = {  # docs/protocol.md, "steal"
+    "given": flag(required=True),
+    "task": uuid_field(nullable=True),  # the task handed over (with given), else null
+    "reason": text(MAX_MESSAGE_CHARS),  # why nothing was given (for people)
 }
 
 
@@ -538,6 +595,10 @@ def parse_request(frames: list[bytes]) -> ClientMessage:
             return TasksRequest(rid, body.get("limit", DEFAULT_TASKS_LIMIT), body.get("state"))
         case "probe":
             return Probe(rid)
+        case "steal":
+            return Steal(rid, body["node"], body["capacity_steps_per_s"])
+        case "ping_req":
+            return PingReq(rid, body)
     return Gossip(rid, body)
 
 
@@ -698,6 +759,8 @@ REPLIES: dict[str, Schema] = {
         {**GOSSIP_FIELDS, "echo_sent_at": number(0, MAX_UNIX_S, required=True)}, TELEMETRY_BOUNDS
     ),
     "probe_reply": Schema(PROBE_REPLY_FIELDS, TELEMETRY_BOUNDS),
+    "ping_ack": Schema({"target": uuid_field(required=True), "ok": flag(required=True)}),
+    "steal_reply": Schema(STEAL_REPLY_FIELDS, TELEMETRY_BOUNDS),
     "agent_status": Schema(
         {
             **{k: _STATUS_MAP for k in ("agent", "backend", "telemetry", "queue", "capacity")},
@@ -766,7 +829,8 @@ def parse_reply(frames: list[bytes]) -> Reply:
 def parse_peer_reply(frames: list[bytes]) -> Reply:
     """Validate what a peer sends back on the link this agent opened to it.
 
-    Like ``parse_reply``, but only the replies to ``submit``, ``cancel``, ``gossip`` and
-    ``probe`` may come from a peer: ``agent_status`` and ``task_list`` are ``bad_type`` there.
+    Like ``parse_reply``, but only the replies to ``submit``, ``cancel``, ``gossip``,
+    ``probe`` and ``steal`` may come from a peer: ``agent_status`` and ``task_list`` are
+    ``bad_type`` there.
     """
     return _parse_reply(frames, PEER_REPLY_TYPES)

@@ -19,7 +19,8 @@ who may read or cancel one task. Both are pure: the daemon calls them, nothing e
     submit (no origin, owner)    yes     yes   yes
     submit with origin/owner     -       yes   -      a forwarded task
     result, cancel, tasks        own     own   all    own: owner, or the peer it came through
-    gossip, probe                -       yes   -
+    gossip, probe, steal,        -       yes   -
+    ping_req
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class Authority:
         if principal.role is Role.PEER:
             return None  # every message type; task-level rules are ``may_touch``'s
         if isinstance(msg, p.Gossip | p.Probe):
-            kind = "gossip" if isinstance(msg, p.Gossip) else "probe"
+            kinds = ((p.PingReq, "ping_req"), (p.Gossip, "gossip"), (p.Steal, "steal"))
+            kind = next((name for cls, name in kinds if isinstance(msg, cls)), "probe")
             why = f"`{kind}` is a peer message; this key is not a peer's"
             return ProtocolError(ErrorCode.FORBIDDEN, why, msg.id)
         if isinstance(msg, p.Submit) and (msg.origin is not None or msg.owner is not None):

@@ -92,8 +92,9 @@ def test_curve_roles_come_from_the_key():
         _submit("s", origin="22222222-2222-4222-8222-222222222222"),
         _submit("s", owner="key:someone"),
         p.Probe("q"),
+        p.Steal("t", "22222222-2222-4222-8222-222222222222", 1.0),
     ],
-    ids=["gossip", "submit-origin", "submit-owner", "probe"],
+    ids=["gossip", "submit-origin", "submit-owner", "probe", "steal"],
 )
 def test_peer_messages_from_clients_and_admins_are_forbidden(msg):
     for sender in (LOCAL_CLIENT, ALICE, ADMIN):

@@ -75,6 +75,8 @@ def test_curve_peers_with_each_others_keys_forward_a_task(agent_factory, tmp_pat
     _start(a, b)
     for agent in (a, b):
         wait_for(lambda agent=agent: agent.peer()["state"] == "up", 30.0, "the CURVE peer up")
+    # round-robin takes the peer only once its report (its speed) is in: else both run here
+    wait_for(lambda: a.peer().get("capacity_steps_per_s"), 30.0, "b's report at a")
     assert a.peer()["key"] == "b"  # pinned in `peers`
     assert b.peer()["key"] == "a"  # identified: a proved it holds the authorized key "a"
     request = GenerationRequest(prompt="a lighthouse", steps=3, width=256, height=256)

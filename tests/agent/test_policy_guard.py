@@ -82,3 +82,25 @@ def test_the_host_routes_the_control_to_greedy_and_falls_back_when_the_policy_is
     later = [host.decide(TaskSpec(20.0, 0.01), _cluster(rng), f"u{i}").policy for i in range(300)]
     assert later.count("greedy") > 0.7 * len(later)  # greedy decides while the guard holds
     assert SchedulerHost("greedy", 3, 0, tmp_path).status()["guard"] is None
+
+
+def test_a_drawn_control_is_placed_by_the_named_control_heuristic_and_status_names_it(
+    tmp_path: Path,
+):
+    host = SchedulerHost("lad", 3, 0, tmp_path, learn=False)
+    assert host.draw("early") is None  # no policy yet: nothing to guard, no arm drawn
+    host.scheduler = HeuristicScheduler("local", 3, 0)
+    host.control_name = "pod2"  # the cluster probes the control's candidates
+    rng = np.random.default_rng(4)
+    arms = {f"t{i}": host.draw(f"t{i}") for i in range(200)}
+    assert set(arms.values()) == {"learned", "control"}
+    for task_id, arm in arms.items():
+        placement = host.decide(
+            TaskSpec(20.0, 0.01), _cluster(rng), task_id, arm=arm, control=host.control_name
+        )
+        assert placement.policy == ("pod2" if arm == "control" else "local")
+    assert host.status()["guard_decisions"] == list(arms.values()).count("control")
+    assert host.status()["guard"]["control"] == "pod2"
+    host.forget("t0")  # dropped before placement: no delay will be judged
+    host.complete("t0", 100.0)
+    assert sum(host.status()["guard"]["samples"].values()) == 0

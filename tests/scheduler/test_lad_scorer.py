@@ -105,7 +105,9 @@ def test_same_seed_same_actor_and_decisions() -> None:
     assert not torch.equal(LADScorer(seed=5).net.l1.weight, a.net.l1.weight)
     task, state = _state(np.random.default_rng(5), 12)
     boxes = [
-        ClusterScheduler("lad", 12, 0, seed=7, actor="scorer", warm_start_steps=20)
+        ClusterScheduler(
+            "lad", 12, 0, seed=7, actor="scorer", warm_start_steps=20, packaged_default=False
+        )
         for _ in range(2)
     ]
     draws = [[box.decide(task, state).target for _ in range(50)] for box in boxes]
@@ -158,8 +160,6 @@ def test_scorer_runs_the_twin_with_and_without_probes(warm: tuple[LADScorer, Pat
 def test_scorer_actor_refuses_what_it_does_not_do() -> None:
     with pytest.raises(ConfigurationError):
         ClusterScheduler("greedy", 4, 0, actor="scorer")
-    with pytest.raises(ConfigurationError):
-        ClusterScheduler("lad", 4, 0, actor="scorer", learn=True)
     with pytest.raises(ConfigurationError):
         ClusterScheduler("lad", 4, 0, actor="transformer")
 
