@@ -88,6 +88,12 @@ class Policy:
     ) -> int:
         raise NotImplementedError
 
+    def choose_probes(
+        self, twin: Twin, origin: int, task: int, known: np.ndarray, d: int, now: float
+    ) -> np.ndarray:
+        """The ``d`` peers of ``known`` to probe: uniform at random (power of d)."""
+        return twin.rng.choice(known, size=d, replace=False)
+
     def start_interval(self, box: int) -> None:
         """A new gossip interval at ``box`` (LAD's in-interval index restarts)."""
 
@@ -495,7 +501,7 @@ class Twin:
         known = np.flatnonzero(self.sched_ok[origin])
         known = known[known != origin]
         d = min(self.policy.probes, known.size)
-        peers = self.rng.choice(known, size=d, replace=False) if d else known
+        peers = self.policy.choose_probes(self, origin, task, known, d, t) if d else known
         self.counters["probes"] += d
         self.push(t + self.rtt, PROBED, task, (origin, peers))
 

@@ -47,7 +47,8 @@ from dedgeai.agent.lab.load import Arrival, Replayer, poisson_trace, summarise
 from dedgeai.scheduler.policy_names import LEARNED, POLICIES
 from dedgeai.scheduler.stats import percentile
 
-CAPACITIES = (50, 25, 18, 32, 28, 21, 50, 17)  # the paper's first eight (relative, 10-50)
+CAPACITIES = (50, 25, 18, 32, 28, 21, 50, 17)
+INFORMED = "pod2-soft"  # pod2 whose probes are drawn from soft-greedy's π on gossip  # the paper's first eight (relative, 10-50)
 QUICK_POLICIES = ("lad", "pod2", "greedy", "local")
 LOADS = (0.6, 0.9, 1.2)
 STEPS = (10, 19)
@@ -67,7 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds of arrivals per trace")
     parser.add_argument("--tasks", type=int, help="tasks per trace (instead of --duration)")
     parser.add_argument("--scale", type=float, default=0.4, help="steps/s per capacity unit")
-    parser.add_argument("--policies", nargs="+", choices=POLICIES)
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        choices=(*POLICIES, INFORMED),
+        help=f"{INFORMED}: pod2 with probe_targets = soft-greedy (informed probes)",
+    )
     parser.add_argument(
         "--lad-actor",
         nargs="+",
@@ -140,6 +146,8 @@ def cells_of(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
     for policy in args.policies:
         if policy == "lad" and args.lad_actor:
             out += [("lad" if a == "ladn" else "lad-scorer", "lad", a) for a in args.lad_actor]
+        elif policy == INFORMED:  # the twin's name; the daemon's pod2 with informed probes
+            out.append((INFORMED, "pod2", "soft-greedy"))
         else:
             out.append((policy, policy, None))
     return out
@@ -193,6 +201,8 @@ def make_cluster(policy: str, args: argparse.Namespace, actor: str | None = None
     if supports("policy"):
         common["policy"] = policy
     common.update(learned_config(policy, actor, args))
+    if policy == "pod2" and actor is not None:  # the pod2-soft cell: where the probes go
+        common["probe_targets"] = actor
     per_agent = [{"emulated_steps_per_second": s} for s in speeds(args.scale)]
     return LocalCluster(per_agent, common, curve=not args.no_curve)
 

@@ -67,11 +67,13 @@ class Probes:
         self.counters: Counter[str] = Counter()
         self._next_id = 0
 
-    def choose(self, candidates: list[int]) -> list[int]:
-        """Up to d distinct slots drawn uniformly from ``candidates``."""
+    def choose(self, candidates: list[int], weights: np.ndarray | None = None) -> list[int]:
+        """Up to d distinct slots drawn from ``candidates``: uniformly, or in proportion to
+        ``weights`` (one per candidate, finite and > 0: the caller mixes in a uniform share)."""
         if len(candidates) <= self.d:
             return list(candidates)
-        picked = self.rng.choice(len(candidates), size=self.d, replace=False)
+        p = None if weights is None else weights / weights.sum()
+        picked = self.rng.choice(len(candidates), size=self.d, replace=False, p=p)
         return [candidates[int(i)] for i in picked]
 
     def open(

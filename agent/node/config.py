@@ -236,8 +236,9 @@ KEYS: tuple[Key, ...] = (
         "policy",
         str,
         DEFAULT_POLICY,
-        f"where each submitted task runs: {policies_text()}; pod2 (the default) asks 2 random "
-        "peers for their load now and takes the earliest estimated finish among them and here",
+        f"where each submitted task runs: {policies_text()}; pod2 (the default) asks 2 peers "
+        "for their load now (drawn as probe_targets says) and takes the earliest estimated "
+        "finish among them and here",
         _one_of(*POLICIES),
     ),
     Key(
@@ -250,6 +251,15 @@ KEYS: tuple[Key, ...] = (
         lambda value: (
             None if 0 <= value <= MAX_PROBE_TIMEOUT_S else f"must be in 0..{MAX_PROBE_TIMEOUT_S:g}"
         ),
+    ),
+    Key(
+        "probe_targets",
+        str,
+        "soft-greedy",
+        "pod2 and a learned policy's guard control: which peers are probed; soft-greedy: 2 "
+        "drawn from soft-greedy's choice on the last gossip (2 % uniform), which finds fast "
+        "idle peers (docs/results_cluster.md, Informed probes); uniform: 2 at random",
+        _one_of("uniform", "soft-greedy"),
     ),
     Key(
         "work_stealing",
@@ -410,6 +420,7 @@ class AgentConfig:
     peers: tuple[str, ...] = ()
     policy: str = DEFAULT_POLICY
     probe_timeout_s: float = 0.0
+    probe_targets: str = "soft-greedy"
     work_stealing: bool = False
     learn: bool = True
     policy_checkpoint: str = ""
