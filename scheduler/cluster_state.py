@@ -29,6 +29,7 @@ from dedgeai.scheduler.state_checks import (
 )
 
 SOFT_GREEDY_TEMPERATURE = 0.3  # x the best estimated finish (tools/stale_gossip_sim.py)
+PROBE_UNIFORM_SHARE = 0.02  # of an informed probe draw (``probe_weights``)
 MIN_TEMPERATURE_S = 0.05  # floor of the best finish in the temperature (an idle cluster)
 
 
@@ -130,6 +131,16 @@ def soft_greedy(finish_s: np.ndarray, temperature: float = SOFT_GREEDY_TEMPERATU
     logits = np.where(np.isfinite(finish_s), -(finish_s - best) / scale, -np.inf)
     weights = np.exp(logits)
     return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def probe_weights(probs: np.ndarray, share: float = PROBE_UNIFORM_SHARE) -> np.ndarray | None:
+    """Informed probes: a weight per probe candidate from a policy's π on them (soft-greedy's
+    on gossip, in the daemon and the twin), ``share`` of it uniform so that no live candidate
+    is never probed; None when π has no finite mass there (no view yet: probe uniformly)."""
+    total = float(probs.sum())
+    if not np.isfinite(total) or total <= 0:
+        return None
+    return (1.0 - share) * probs / total + share / probs.size
 
 
 class HeuristicScheduler:

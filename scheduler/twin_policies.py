@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from dedgeai.scheduler.checkpoints import StateLayout
+from dedgeai.scheduler.cluster_state import probe_weights
 from dedgeai.scheduler.env import (
     DEMAND_GCYCLES_SCALE,
     STATE_SCALE_S,
     TASK_MBIT_SCALE,
     state_dim,
 )
-from dedgeai.scheduler.lad_scorer import CANDIDATES, UNIFORM_SHARE, LADScorer, candidate_features
+from dedgeai.scheduler.lad_scorer import CANDIDATES, LADScorer, candidate_features
 from dedgeai.scheduler.numpy_actor import NumpyActor
 from dedgeai.scheduler.online import (
     DENSITY_GCYCLES_PER_STEP,
@@ -145,8 +146,8 @@ class InformedProbes(PowerOfD):
 
     Why: uniform probes often miss the fast idle boxes at low load (pod2 is 1.13–1.27 ×
     omniscient at load 0.5); a π drawn on stale gossip finds them, and the fresh probe
-    replies undo its herding, since the final choice reads exact backlogs. ``UNIFORM_SHARE``
-    of the draw stays uniform, so no live peer is never probed."""
+    replies undo its herding, since the final choice reads exact backlogs. The weights are
+    the daemon's (``cluster_state.probe_weights``: 2 % uniform, no live peer never probed)."""
 
     def __init__(self, source: SoftGreedy | Scorer, d: int = 2, seed: int = 0) -> None:
         super().__init__(d)
@@ -162,10 +163,9 @@ class InformedProbes(PowerOfD):
         else:
             finish = estimated_finish_s(twin.task_spec(task), twin.view_state(origin, task, now))
             probs = soft_greedy(finish[None], self.source.temperature)[0]
-        weights = probs[known]
-        total = float(weights.sum())
-        weights = (1.0 - UNIFORM_SHARE) * weights / total if total > 0 else 0.0 * weights
-        weights = weights + UNIFORM_SHARE / known.size  # no view yet: uniform, as pod2
+        weights = probe_weights(probs[known])  # the daemon's (Cluster._probe_weights)
+        if weights is None:  # no view yet: uniform, as pod2
+            weights = np.full(known.size, 1.0 / known.size)
         return self.rng.choice(known, size=d, replace=False, p=weights / weights.sum())
 
 

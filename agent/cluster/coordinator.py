@@ -61,6 +61,7 @@ from dedgeai.scheduler.cluster_state import (
     ClusterState,
     TaskSpec,
     estimated_finish_s,
+    probe_weights,
     soft_greedy,
 )
 from dedgeai.scheduler.policy_names import probes_of
@@ -70,7 +71,6 @@ log = logging.getLogger("dedgeai.agent.cluster.coordinator")
 REFERENCE_PIXELS = 512 * 512  # work is counted in 512x512-equivalent denoising steps
 LINK_MBIT_PER_S = 100.0  # assumed link speed for the forwarding-overhead estimate
 REQUEST_OVERHEAD_BYTES = 200  # envelope and fields of a forwarded submit, beyond the prompts
-PROBE_UNIFORM_SHARE = 0.02  # of an informed probe draw (as the twin's InformedProbes)
 GUARD_CONTROL = "pod2"  # a learned policy's control arm: the heuristic that wins in the twin
 PROBE_ANSWER_MAX_AGE_S = 0.01  # a probe answer is reused this long (a flood of probes)
 DECISION_SAMPLES = 4096  # scheduling latencies kept for the status percentiles
@@ -820,19 +820,14 @@ class Cluster:
         self, task: TaskRecord, avoid: set[int], candidates: list[int]
     ) -> np.ndarray | None:
         """``probe_targets = "soft-greedy"``: a weight per candidate slot, soft-greedy's π on
-        the last gossip with ``PROBE_UNIFORM_SHARE`` of the draw uniform (no schedulable
-        peer is never probed); None (uniform) otherwise, or when the view has no finite
-        estimate. Why: uniform probes miss the fast idle peers at low load; the probe
+        the last gossip (``cluster_state.probe_weights``, as the twin's ``pod2-soft``); None
+        (uniform) otherwise, or when the view has no finite estimate. Why: uniform probes miss the fast idle peers at low load; the probe
         replies then give exact backlogs, so the stale view cannot herd the choice."""
         if self.config.probe_targets != "soft-greedy" or len(candidates) <= self.probes.d:
             return None
         spec = self._spec(task)
         finish = estimated_finish_s(spec, self.state(avoid, spec.size_mbit))
-        probs = soft_greedy(finish[None])[0][candidates]
-        total = float(probs.sum())
-        if not np.isfinite(total) or total <= 0:
-            return None
-        return (1.0 - PROBE_UNIFORM_SHARE) * probs / total + PROBE_UNIFORM_SHARE / len(candidates)
+        return probe_weights(soft_greedy(finish[None])[0][candidates])
 
     def _decide_round(self, rnd: Round, now: float) -> list[Effect]:
         """A probe round is complete or past its deadline: place its task now."""

@@ -54,3 +54,13 @@ def test_lad_drawn_probes_beat_uniform_probes_at_low_load() -> None:
     pod2 = _mean("pod2", 8, 0.5, 3000, seed=1000)
     informed = _mean("pod2-lad", 8, 0.5, 3000, seed=1000)
     assert informed < 0.97 * pod2
+
+
+def test_probe_weights_keep_a_uniform_share_and_refuse_a_pi_with_no_finite_mass() -> None:
+    from dedgeai.scheduler.cluster_state import PROBE_UNIFORM_SHARE, probe_weights
+
+    weights = probe_weights(np.array([1.0, 0.0, 0.0, 0.0]))
+    assert weights is not None and weights.sum() == pytest.approx(1.0)
+    assert weights[1] == pytest.approx(PROBE_UNIFORM_SHARE / 4)  # never probed otherwise
+    assert probe_weights(np.zeros(3)) is None  # no view yet: the caller probes uniformly
+    assert probe_weights(np.array([np.nan, 1.0])) is None
