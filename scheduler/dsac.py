@@ -13,7 +13,7 @@ import torch
 
 from dedgeai.scheduler.config import EnvConfig, LearnConfig, Switches
 from dedgeai.scheduler.learner import SlotLearner
-from dedgeai.scheduler.nets import StackedMLP
+from dedgeai.scheduler.nets import StackedMLP, adam_step, clear_grads
 
 LOG_EPS = 1e-8  # inside log(π + ε), as the authors
 ProbsFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -67,7 +67,10 @@ class DiscreteSAC(torch.nn.Module):
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
 
     def q_pair(self, net: StackedMLP, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = net(s.repeat(2, 1, 1))
+        return self._halves(net(torch.cat([s, s])))
+
+    def _halves(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Critic 1's and critic 2's rows of a pass over the 2A stacked critics."""
         return q[: self.n_agents], q[self.n_agents :]
 
     def update(
@@ -82,45 +85,51 @@ class DiscreteSAC(torch.nn.Module):
         a = batch["a"].long().unsqueeze(-1)
         weight = ready.float()  # agents whose buffer is not warm yet contribute nothing
         alpha = self.log_alpha.exp().detach()[:, None]
-        with torch.no_grad():
+        s_twice = torch.cat([s, s])  # the 2A stacked critics' input, for both passes over s
+        # The target needs no gradient: inference mode skips autograd's bookkeeping entirely
+        # (the same kernels, so the same numbers as under no_grad).
+        with torch.inference_mode():
             p2 = probs_fn(s2, batch.get("x2"))
             q_next = torch.minimum(*self.q_pair(self.targets, s2))
             # y = r + γ (Σ_a π′(a) min Q̄(s′, a) + ξ H′) — no done flag (B6)
             y = r + self.cfg.gamma * ((p2 * q_next).sum(-1) + alpha * entropy(p2))
-        q1, q2 = (q.gather(-1, a).squeeze(-1) for q in self.q_pair(self.critics, s))
+        # Q1(s, a) and Q2(s, a): one gather over the 2A stacked critics, then its halves
+        q1, q2 = self._halves(self.critics(s_twice).gather(-1, torch.cat([a, a])).squeeze(-1))
         critic_loss = ((((q1 - y) ** 2).mean(1) + ((q2 - y) ** 2).mean(1)) * weight).sum()
-        self.critic_opt.zero_grad(set_to_none=True)
+        clear_grads(self.critic_opt)
         critic_loss.backward()
-        self.critic_opt.step()
+        adam_step(self.critic_opt)
 
         probs = probs_fn(s, batch.get("x"))
         ent = entropy(probs)
         with torch.no_grad():
-            q_min = torch.minimum(*self.q_pair(self.critics, s))
+            q_min = torch.minimum(*self._halves(self.critics(s_twice)))
         # L_π = mean(−ξ H − Σ_a π(a) min Q(s, a))
         actor_loss = ((-alpha * ent - (probs * q_min).sum(-1)).mean(1) * weight).sum()
-        actor_opt.zero_grad(set_to_none=True)
+        clear_grads(actor_opt)
         actor_loss.backward()
-        actor_opt.step()
+        adam_step(actor_opt)
 
-        # L_ξ = mean((H − H̄) ξ), gradient through ξ only
-        alpha_loss = (
-            ((ent.detach() - self.target_entropy).mean(1)) * self.log_alpha.exp() * weight
-        ).sum()
-        self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_opt.step()
+        with torch.no_grad():
+            ent = ent.detach()
+            # L_ξ = Σ_b w_b mean(H − H̄) ξ_b, gradient through ξ only: its gradient in closed
+            # form, as autograd's chain rule orders it (Sum, Mul by w, Mul by the mean, Exp):
+            # dL/d log ξ = (w · mean(H − H̄)) · ξ, without building and running a graph.
+            self.log_alpha.grad = (
+                weight * (ent - self.target_entropy).mean(1)
+            ) * self.log_alpha.exp()
+        adam_step(self.alpha_opt)
 
         with torch.no_grad():  # θ̄ ← (1−τ) θ̄ + τ θ, for ready agents only
             tau = (self.cfg.tau * weight).repeat(2).view(-1, 1, 1)
-            for p_t, p in zip(self.targets.parameters(), self.critics.parameters(), strict=True):
-                p_t.lerp_(p, tau)
+            targets = list(self.targets.parameters())
+            torch._foreach_lerp_(targets, list(self.critics.parameters()), [tau] * len(targets))
         n = float(weight.sum().clamp(min=1))
         return {
             "losses/critic": float(critic_loss.detach()) / n,
             "losses/actor": float(actor_loss.detach()) / n,
             "charts/alpha": float((self.log_alpha.detach().exp() * weight).sum()) / n,
-            "charts/entropy": float((ent.detach().mean(1) * weight).sum()) / n,
+            "charts/entropy": float((ent.mean(1) * weight).sum()) / n,
         }
 
 

@@ -156,19 +156,23 @@ def observe(
     range's top and backlogs become seconds of work (Q_k / f_k) divided by 10.
     """
     B, N = task_mbit.shape
-    demand = np.broadcast_to(system.demand[None, :N], (B, N))
+    demand = system.demand[:N]
     if scaling:
-        per_task = [task_mbit / TASK_MBIT_SCALE, demand / DEMAND_GCYCLES_SCALE]
+        size_col, demand_col = task_mbit / TASK_MBIT_SCALE, demand / DEMAND_GCYCLES_SCALE
         queue = backlog / system.capacity_ghz / STATE_SCALE_S
         load = last_load / system.capacity_ghz / STATE_SCALE_S
     else:
-        per_task = [task_mbit, demand]
+        size_col, demand_col = task_mbit, demand
         queue, load = backlog, last_load
-    shared = [queue] + ([load] if with_load else [])
-    shared_b = np.broadcast_to(
-        np.concatenate(shared)[None, None, :], (B, N, sum(s.size for s in shared))
-    )
-    return np.concatenate([np.stack(per_task, axis=-1), shared_b], axis=-1).astype(np.float32)
+    # Written column by column into the float32 result: each value is computed in float64
+    # and rounded once, as when the float64 pieces were concatenated and then cast.
+    out = np.empty((B, N, 2 + queue.size + (load.size if with_load else 0)), dtype=np.float32)
+    out[:, :, 0] = size_col
+    out[:, :, 1] = demand_col[None, :]
+    out[:, :, 2 : 2 + queue.size] = queue
+    if with_load:
+        out[:, :, 2 + queue.size :] = load
+    return out
 
 
 def state_dim(n_servers: int, with_load: bool) -> int:

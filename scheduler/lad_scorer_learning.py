@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -54,8 +53,8 @@ from dedgeai.scheduler.cluster_state import (
 from dedgeai.scheduler.errors import CorruptCheckpointError, WarmStartCancelled
 from dedgeai.scheduler.lad_scorer import CLIP, N_FEATURES, LADScorer, features, synthetic
 from dedgeai.scheduler.learner import GuardedNetworks
+from dedgeai.scheduler.transitions import DelayedTransitions
 
-MAX_PENDING = 10_000  # transitions waiting for a reward, as policy.py
 Q_FLOOR = -(1.0 + CLIP)  # the lowest Q (units of f_min): φ's relative times clip at CLIP
 MASKED_LOGIT = -1e4  # a down server's logit: π = 0 exactly, and no 0 · (−inf) in the losses
 
@@ -132,53 +131,6 @@ def raw_state(task: TaskSpec, cluster: ClusterState) -> dict[str, np.ndarray]:
         "transfer": np.asarray(cluster.transfer(), dtype=np.float32),
         "ok": np.asarray(cluster.available, dtype=bool),
     }
-
-
-class DelayedTransitions:
-    """Decisions waiting for their reward. A decision's next state is this scheduler's next
-    decision (§1.6); ``complete`` gives it r = −delay; a transition with both goes to the
-    buffer, unless a value is NaN/inf (dropped, counted). ``abandon``: no reward, no transition."""
-
-    def __init__(self) -> None:
-        self.pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.ready: deque[dict[str, Any]] = deque()
-        self.last: str | None = None
-        self.dropped = 0
-
-    def record(self, task_id: str, state: dict[str, np.ndarray], action: int) -> None:
-        previous = self.pending.get(self.last) if self.last is not None else None
-        if previous is not None and "s2" not in previous:
-            previous["s2"] = state
-            self._push_if_complete(self.last)  # type: ignore[arg-type]
-        self.pending[task_id] = {"s": state, "a": np.int64(action)}
-        self.last = task_id
-        while len(self.pending) > MAX_PENDING:
-            self.pending.popitem(last=False)
-
-    def complete(self, task_id: str, delay_s: float) -> bool:
-        """False for an unknown id, or a delay that is not a finite number ≥ 0 (dropped)."""
-        entry = self.pending.get(task_id)
-        if entry is None:
-            return False
-        if not (math.isfinite(delay_s) and delay_s >= 0):
-            del self.pending[task_id]
-            return False
-        entry["delay"] = np.float32(delay_s)
-        self._push_if_complete(task_id)
-        return True
-
-    def abandon(self, task_id: str) -> bool:
-        return self.pending.pop(task_id, None) is not None
-
-    def _push_if_complete(self, task_id: str) -> None:
-        entry = self.pending[task_id]
-        if "delay" in entry and "s2" in entry:
-            del self.pending[task_id]
-            values = [entry["a"], entry["delay"], *entry["s"].values(), *entry["s2"].values()]
-            if all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in values):
-                self.ready.append(entry)
-            else:
-                self.dropped += 1
 
 
 # ==== replay ====================================================================================
@@ -316,7 +268,8 @@ class ScorerLearning(GuardedNetworks):
 
     # ---- decisions and rewards --------------------------------------------------------------
     def record(self, task_id: str, task: TaskSpec, cluster: ClusterState, action: int) -> None:
-        self.transitions.record(task_id, raw_state(task, cluster), action)
+        state = raw_state(task, cluster)
+        self.transitions.record(task_id, {"s": state, "a": np.int64(action)}, {"s2": state})
 
     def complete(self, task_id: str, delay_s: float) -> bool:
         return self.transitions.complete(task_id, delay_s)

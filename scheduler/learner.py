@@ -205,12 +205,13 @@ class SlotLearner(GuardedNetworks):
         if not view.available.all():
             shape = (self.n_agents, states.shape[1], self.n_actions)
             mask = torch.from_numpy(np.broadcast_to(view.available, shape).copy())
-        actions, x0 = self._decide(states, x_in, mask)
+        with torch.inference_mode():  # no autograd bookkeeping at all (same kernels, same bits)
+            actions, x0 = self._decide(states, x_in, mask)
         valid = torch.from_numpy(view.valid)
         x_out = None
         if rows is not None and x0 is not None:
             x_out = latent_to_memory(x0, self.switches.memory_pre_softmax)
-            rows[valid] = x_out[valid]
+            np.copyto(rows.numpy(), x_out.numpy(), where=view.valid[:, :, None])  # rows[valid] = …
         self._last = _SlotRecord(states, x_in, x_out, actions, valid)
         return actions.numpy()
 
@@ -239,32 +240,50 @@ class SlotLearner(GuardedNetworks):
         return metrics
 
     def _store(self, record: _SlotRecord, reward: torch.Tensor, next_view: SlotView) -> None:
-        A, N = record.valid.shape
-        s, valid = record.states, record.valid
-        # Next state inside the slot: the same agent's next task (t, n+1) (§1.6).
-        s2 = torch.roll(s, shifts=-1, dims=1)
-        last = torch.arange(N)[None, :] == (valid.sum(dim=1) - 1)[:, None]
+        """Pack this slot's valid transitions into replay rows, in numpy (pure copies).
+
+        Row (b, n) holds s, a, r, s′ (and x, x′ for LAD-TS) where s′ is the same agent's next
+        task (t, n+1) (§1.6) — the next row, cyclically, as ``torch.roll`` gave it — except for
+        the agent's last valid task, whose s′ is its first task of slot t+1.
+        """
+        valid = record.valid.numpy()
+        A, N = valid.shape
+        agent, task = np.nonzero(valid)  # agent-major, as the buffer groups them
+        if agent.size == 0:
+            return
+        nxt = (task + 1) % N
+        is_last = task == valid.sum(axis=1)[agent] - 1
         if not self.switches.boundary_fix:
             next_view = replace(
                 next_view,
                 backlog=np.zeros_like(next_view.backlog),
                 last_load=np.zeros_like(next_view.last_load),
             )
-        s2[last] = self._states(next_view, first_only=True)[:, 0]
-        values = {
-            "s": s[valid],
-            "a": record.actions[valid].float(),
-            "r": reward[valid],
-            "s2": s2[valid],
-        }
+        first_next = self._states(next_view, first_only=True)[:, 0].numpy()
+        replay = self.replay
+        rows = np.empty((agent.size, replay.width), dtype=np.float32)
+
+        def put(name: str, value: np.ndarray) -> None:
+            lo, hi = replay.column(name)
+            rows[:, lo:hi] = value.reshape(agent.size, hi - lo)
+
+        def with_next(field: np.ndarray, first: np.ndarray) -> np.ndarray:
+            after = field[agent, nxt]
+            after[is_last] = first[agent[is_last]]
+            return after
+
+        s = record.states.numpy()
+        put("s", s[agent, task])
+        put("a", record.actions.numpy()[agent, task].astype(np.float32))
+        put("r", reward.numpy()[agent, task])
+        put("s2", with_next(s, first_next))
         if self.memory is not None:
             # B1: the authors buffer views of the memory, so "x" ends up being the output.
-            x = record.x_in if self.switches.copy_fix else record.x_out
-            assert x is not None
-            x2 = torch.roll(x, shifts=-1, dims=1)
+            x_rec = record.x_in if self.switches.copy_fix else record.x_out
+            assert x_rec is not None
+            x = x_rec.numpy()
             next_rows = self._memory_rows(next_view.t)
             assert next_rows is not None
-            x2[last] = next_rows[:, 0]
-            values |= {"x": x[valid], "x2": x2[valid]}
-        agent_of = torch.arange(A)[:, None].expand(A, N)
-        self.replay.add(agent_of[valid], **values)
+            put("x", x[agent, task])
+            put("x2", with_next(x, next_rows[:, 0].numpy()))
+        replay.add_rows(agent, rows)

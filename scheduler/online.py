@@ -304,6 +304,31 @@ class ClusterScheduler(HeuristicScheduler):
         reason = f"scorer {how} p={chosen:.2f} (max {most:.2f})"
         return Placement(target, probs, self.policy, reason)
 
+    def probe_probs(self, task: TaskSpec, cluster: ClusterState) -> np.ndarray | None:
+        """The scorer's π on ``cluster`` (the gossip view), for drawing whom to probe
+        (``lad_mode = "probe"``); nothing is recorded. None without a scorer, or on an insane
+        state (the caller then draws as soft-greedy would)."""
+        if self._scorer is None:
+            return None
+        cluster.validate(self.n_servers)
+        if task.problems() or cluster.problems():
+            self.insane_states += 1
+            return None
+        return self._scorer.state_probs(task, cluster, rng=self._rng)
+
+    def record(self, task_id: str, task: TaskSpec, cluster: ClusterState, target: int) -> bool:
+        """A placement made for the scorer on another state (``lad_mode = "probe"``: pod2's
+        choice on the probed state) recorded as its action on ``cluster``, the gossip view
+        it drew the probes from; its reward comes with ``complete``. Off-policy data, which
+        discrete SAC's critics learn from as they do from its own draws. False when not
+        learning, or the view is insane."""
+        if self._scorer_learning is None or not self._learn:
+            return False
+        if not 0 <= target < self.n_servers or task.problems() or cluster.problems():
+            return False
+        self._scorer_learning.record(task_id, task, cluster, int(target))
+        return True
+
     def complete(self, task_id: str, delay_s: float) -> bool:
         """The observed service delay of a task that ran to completion: its reward (−delay).
         False for an unknown id, or a delay that is not a finite number ≥ 0 (dropped)."""

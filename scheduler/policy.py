@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -50,6 +48,7 @@ from dedgeai.scheduler.errors import (
 from dedgeai.scheduler.lad_ts import D2SACTS, LADTS
 from dedgeai.scheduler.learner import SlotLearner, latent_to_memory
 from dedgeai.scheduler.numpy_actor import NumpyActor, latent_to_memory_np
+from dedgeai.scheduler.transitions import DelayedTransitions
 
 POLICY_CLASSES: dict[str, type[SlotLearner]] = {
     "lad": LADTS,
@@ -57,7 +56,6 @@ POLICY_CLASSES: dict[str, type[SlotLearner]] = {
     "sac": SACTS,
     "dqn": DQNTS,
 }
-MAX_PENDING = 10_000  # transitions waiting for a reward; the oldest are dropped beyond this
 
 
 @dataclass(frozen=True)
@@ -95,12 +93,10 @@ class OnlinePolicy:
             self.switches.inslot_load_in_state,
             self.switches.state_scaling,
         )
-        self._pending: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
-        self._complete: deque[dict[str, np.ndarray]] = deque()  # transitions awaiting the buffer
-        self._last_decided: list[str] = []
+        # r = −delay (/ 10 s with B6); float32 overflow gives −inf, dropped before the buffer
+        self.transitions = DelayedTransitions("r", self._reward)
         self.trained_steps = 0
         self.rejected_updates = 0  # training steps rolled back (NaN/inf losses or weights)
-        self.dropped_transitions = 0  # completed transitions holding NaN/inf, not buffered
         # Deployment exploration draws from its own stream: sampling mode is left untouched.
         self._explore_rng = np.random.default_rng([seed, agent, 0x5EED])
         # One-task argmax decisions (the daemon's) run on NumPy views of the same parameters.
@@ -296,56 +292,36 @@ class OnlinePolicy:
     def _record(
         self, task_ids: list[str], s: np.ndarray, actions: np.ndarray, x: np.ndarray | None
     ) -> None:
-        """Pending transitions, kept as NumPy (no torch call on the decision path)."""
+        """Pending transitions, kept as NumPy (no torch call on the decision path); each
+        decision is the previous one's next state (§1.6: the same agent's next task)."""
         for k, task_id in enumerate(task_ids):
-            # The previous decision's next state is this one (§1.6: the same agent's next task).
-            for prev in self._last_decided:
-                entry = self._pending.get(prev)
-                if entry is not None and "s2" not in entry:
-                    entry["s2"] = s[k]
-                    if x is not None:
-                        entry["x2"] = x[k]
-                    self._push_if_complete(prev)
-            entry = {"s": s[k], "a": np.float32(actions[k])}
+            fields = {"s": s[k], "a": np.float32(actions[k])}
+            following = {"s2": s[k]}
             if x is not None:
-                entry["x"] = x[k]
-            self._pending[task_id] = entry
-            self._last_decided = [task_id]
-            while len(self._pending) > MAX_PENDING:
-                self._pending.popitem(last=False)
+                fields["x"], following["x2"] = x[k], x[k]
+            self.transitions.record(task_id, fields, following)
+
+    def _reward(self, delay_s: float) -> np.float32:
+        return np.float32(-delay_s / (STATE_SCALE_S if self.switches.reward_scaling else 1.0))
 
     def complete(self, task_id: str, delay_s: float) -> bool:
         """Give a recorded decision its reward (−delay); False if the id is unknown, or if
         the delay is not a finite number ≥ 0 (the transition is then dropped)."""
-        entry = self._pending.get(task_id)
-        if entry is None:
-            return False
-        if not (math.isfinite(delay_s) and delay_s >= 0):
-            del self._pending[task_id]
-            return False
-        reward = -float(delay_s) / (STATE_SCALE_S if self.switches.reward_scaling else 1.0)
-        with np.errstate(over="ignore"):  # beyond float32: −inf, dropped before the buffer
-            entry["r"] = np.float32(reward)
-        self._push_if_complete(task_id)
-        return True
+        return self.transitions.complete(task_id, delay_s)
 
     def abandon(self, task_id: str) -> bool:
         """Drop a recorded decision without a reward (its task failed or was cancelled:
         the time until then says nothing about the server); False if the id is unknown."""
-        return self._pending.pop(task_id, None) is not None
+        return self.transitions.abandon(task_id)
 
-    def _push_if_complete(self, task_id: str) -> None:
-        entry = self._pending[task_id]
-        if "r" in entry and "s2" in entry:
-            del self._pending[task_id]
-            if all(np.isfinite(v).all() for v in entry.values()):
-                self._complete.append(entry)  # into the replay buffer by the next train_step
-            else:
-                self.dropped_transitions += 1
+    @property
+    def dropped_transitions(self) -> int:
+        """Completed transitions holding NaN/inf, not buffered."""
+        return self.transitions.dropped
 
     def _flush(self) -> None:
-        while self._complete:
-            entry = self._complete.popleft()
+        while self.transitions.ready:
+            entry = self.transitions.ready.popleft()
             values = {
                 k: torch.as_tensor(np.asarray(v, dtype=np.float32))[None] for k, v in entry.items()
             }

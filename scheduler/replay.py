@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -30,18 +31,36 @@ class StackedReplay:
         """Insert K transitions; ``agent[k]`` owns transition k. Oldest entries are overwritten."""
         if agent.numel() == 0:
             return
-        counts = torch.bincount(agent, minlength=self.n_agents)
-        order = torch.argsort(agent, stable=True)
-        agent_sorted = agent[order]
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(agent.numel()) - starts[agent_sorted]
-        slot = (self._ptr[agent_sorted] + rank) % self.capacity
         packed = torch.cat(
             [values[name].reshape(agent.numel(), -1).float() for name in self.fields], dim=1
         )
-        self.storage[agent_sorted, slot] = packed[order]
-        self._ptr = (self._ptr + counts) % self.capacity
-        self.size = torch.clamp(self.size + counts, max=self.capacity)
+        self.add_rows(agent.detach().numpy(), packed.detach().numpy())
+
+    def add_rows(self, agent: np.ndarray, rows: np.ndarray) -> None:
+        """:meth:`add` for transitions already packed as rows [K, width] (fields side by side,
+        in ``fields`` order, float32); ``agent`` [K] int. Within an agent, rows keep their order."""
+        if agent.size == 0:
+            return
+        counts = np.bincount(agent, minlength=self.n_agents)
+        if np.any(agent[1:] < agent[:-1]):  # group by agent, keeping each agent's order
+            order = np.argsort(agent, kind="stable")
+            agent, rows = agent[order], rows[order]
+        starts = np.cumsum(counts) - counts
+        rank = np.arange(agent.size) - starts[agent]
+        ptr = self._ptr.numpy()
+        slot = (ptr[agent] + rank) % self.capacity
+        self.storage.numpy()[agent, slot] = rows
+        counts_t = torch.from_numpy(counts)
+        self._ptr = (self._ptr + counts_t) % self.capacity
+        self.size = torch.clamp(self.size + counts_t, max=self.capacity)
+
+    def column(self, name: str) -> tuple[int, int]:
+        """[lo, hi) of field ``name`` in a packed row."""
+        return self._columns[name]
+
+    @property
+    def width(self) -> int:
+        return int(self.storage.shape[2])
 
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """``batch_size`` entries per agent, uniformly among its filled ones.
@@ -54,12 +73,11 @@ class StackedReplay:
         # One row gather on the flattened [A * C, width] storage (a gather per element, with
         # an index expanded over the width, is about 10x slower on CPU).
         flat = (index + torch.arange(self.n_agents)[:, None] * self.capacity).view(-1)
+        # (numpy's take: the same rows, copied with less per-call overhead than index_select.)
         width = self.storage.shape[2]
-        rows = (
-            self.storage.view(-1, width)
-            .index_select(0, flat)
-            .view(self.n_agents, batch_size, width)
-        )
+        rows = torch.from_numpy(
+            np.take(self.storage.view(-1, width).numpy(), flat.numpy(), axis=0)
+        ).view(self.n_agents, batch_size, width)
         return {
             name: rows[:, :, lo:hi].reshape(self.n_agents, batch_size, *self.fields[name])
             for name, (lo, hi) in self._columns.items()

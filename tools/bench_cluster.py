@@ -47,8 +47,10 @@ from dedgeai.agent.lab.load import Arrival, Replayer, poisson_trace, summarise
 from dedgeai.scheduler.policy_names import LEARNED, POLICIES
 from dedgeai.scheduler.stats import percentile
 
-CAPACITIES = (50, 25, 18, 32, 28, 21, 50, 17)
-INFORMED = "pod2-soft"  # pod2 whose probes are drawn from soft-greedy's π on gossip  # the paper's first eight (relative, 10-50)
+CAPACITIES = (50, 25, 18, 32, 28, 21, 50, 17)  # the paper's first eight (relative, 10-50)
+INFORMED = "pod2-soft"  # pod2 whose probes are drawn from soft-greedy's π on gossip
+LAD_PROBES = "pod2-lad"  # lad (scorer, lad_mode = probe): LAD-TS draws pod2's probes
+LAD_PROBES_ACTOR = "scorer+probe"  # the cell's actor: lad_actor = scorer, lad_mode = probe
 QUICK_POLICIES = ("lad", "pod2", "greedy", "local")
 LOADS = (0.6, 0.9, 1.2)
 STEPS = (10, 19)
@@ -71,8 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--policies",
         nargs="+",
-        choices=(*POLICIES, INFORMED),
-        help=f"{INFORMED}: pod2 with probe_targets = soft-greedy (informed probes)",
+        choices=(*POLICIES, INFORMED, LAD_PROBES),
+        help=f"pod2: uniform probes; {INFORMED}: pod2 with probe_targets = soft-greedy "
+        f"(informed probes); {LAD_PROBES}: lad with lad_actor = scorer and lad_mode = probe "
+        "(LAD-TS draws the probes)",
     )
     parser.add_argument(
         "--lad-actor",
@@ -110,6 +114,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kill-policy", default="lad", choices=POLICIES)
     parser.add_argument("--restart-after", type=float, default=5.0, help="s before restarting")
     parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="replays of the trace on the same running cluster, one after the other (each "
+        "starts once the last is done, from empty queues); a learning policy keeps what it "
+        "learned, so last pass / first pass isolates learning from the trace's shape",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=1,
@@ -117,8 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "figures pool every replay's tasks",
     )
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if args.repeats < 1 or args.passes < 1:
+        parser.error("--repeats and --passes must be at least 1")
     if args.tasks is not None and args.tasks < 1:
         parser.error("--tasks must be at least 1")
     args.checkpoints = {}
@@ -148,6 +160,8 @@ def cells_of(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
             out += [("lad" if a == "ladn" else "lad-scorer", "lad", a) for a in args.lad_actor]
         elif policy == INFORMED:  # the twin's name; the daemon's pod2 with informed probes
             out.append((INFORMED, "pod2", "soft-greedy"))
+        elif policy == LAD_PROBES:  # the twin's name; the daemon's lad in probe mode
+            out.append((LAD_PROBES, "lad", LAD_PROBES_ACTOR))
         else:
             out.append((policy, policy, None))
     return out
@@ -155,7 +169,7 @@ def cells_of(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
 
 def order_of(label: str) -> tuple[int, str]:
     """Table order: the daemon's policy order, lad variants together."""
-    base = "lad" if label.startswith("lad") else label
+    base = "lad" if is_lad(label) else label
     return (POLICIES.index(base) if base in POLICIES else len(POLICIES), label)
 
 
@@ -174,8 +188,11 @@ def learned_config(policy: str, actor: str | None, args: argparse.Namespace) -> 
     """The agents' config keys for a learned policy from the options (those the agent has)."""
     if policy not in LEARNED:
         return {}
+    probe_mode = actor == LAD_PROBES_ACTOR
+    actor = "scorer" if probe_mode else actor
     wanted: dict[str, Any] = {
         "lad_actor": actor if policy == "lad" else None,
+        "lad_mode": "probe" if probe_mode else None,
         "policy_checkpoint": args.checkpoints.get(
             (actor or "ladn") if policy == "lad" else "*", args.checkpoints.get("*")
         ),
@@ -191,6 +208,12 @@ def learned_config(policy: str, actor: str | None, args: argparse.Namespace) -> 
 
 
 def make_cluster(policy: str, args: argparse.Namespace, actor: str | None = None) -> LocalCluster:
+    per_agent = [{"emulated_steps_per_second": s} for s in speeds(args.scale)]
+    return LocalCluster(per_agent, common_config(policy, args, actor), curve=not args.no_curve)
+
+
+def common_config(policy: str, args: argparse.Namespace, actor: str | None) -> dict[str, Any]:
+    """The config keys every agent of a cell gets."""
     common: dict[str, Any] = {
         "model": "emulated",
         "max_queue": 100_000,
@@ -201,10 +224,9 @@ def make_cluster(policy: str, args: argparse.Namespace, actor: str | None = None
     if supports("policy"):
         common["policy"] = policy
     common.update(learned_config(policy, actor, args))
-    if policy == "pod2" and actor is not None:  # the pod2-soft cell: where the probes go
-        common["probe_targets"] = actor
-    per_agent = [{"emulated_steps_per_second": s} for s in speeds(args.scale)]
-    return LocalCluster(per_agent, common, curve=not args.no_curve)
+    if policy == "pod2" and supports("probe_targets"):  # pod2: uniform, as the twin's pod2
+        common["probe_targets"] = actor or "uniform"
+    return common
 
 
 def executions(cluster: LocalCluster) -> dict[str, list[str]]:
@@ -307,6 +329,21 @@ def delay_figures(tasks: list[dict[str, Any]], n_tasks: int) -> dict[str, Any]:
     return out
 
 
+def pass_figures(tasks: list[dict[str, Any]], n_tasks: int) -> dict[str, Any]:
+    """Per pass of the trace (``--passes``): the delay figures of its tasks, and the last
+    pass's mean over the first's (the same arrivals from empty queues: only what the agents
+    learned in between differs, and the machine's noise, which a heuristic's ratio shows)."""
+    passes = sorted({t.get("pass", 0) for t in tasks})
+    if len(passes) < 2:
+        return {}
+    figures = [delay_figures([t for t in tasks if t.get("pass", 0) == k], n_tasks) for k in passes]
+    keep = ("mean_s", "p95_s", "first_third_mean_s", "last_third_mean_s")
+    return {
+        "passes": [{key: f[key] for key in keep} for f in figures],
+        "last_over_first_pass": figures[-1]["mean_s"] / figures[0]["mean_s"],
+    }
+
+
 def twin_omniscient(trace: list[Arrival], args: argparse.Namespace) -> dict[str, Any] | None:
     """The twin's omniscient central scheduler on this trace: mean (and p99) delay over
     ``--omniscient-seeds`` seeds, set up as ``tools/bench_twin.py --part replay`` does
@@ -375,10 +412,12 @@ def replay(
             hooks = [(at, lambda: cluster.agents[0].kill())]
             thread = threading.Thread(target=restart, daemon=True)  # not in the submit loop
             hooks.append((at + args.restart_after, thread.start))
-        replayer = Replayer(cluster, trace, deadline_s=max(90.0, 4 * args.duration))
-        outcomes = replayer.run(hooks)
+        outcomes = []
+        for k in range(args.passes):  # the same agents (and what they learned) every pass
+            replayer = Replayer(cluster, trace, deadline_s=max(90.0, 4 * args.duration))
+            outcomes.append(replayer.run(hooks if k == 0 else ()))
         timing["replay_s"] = time.monotonic() - started - timing["start_s"]
-        stats = summarise(outcomes)
+        stats = summarise([o for got in outcomes for o in got])
         result: dict[str, Any] = {"policy": label or policy, "load": load, **stats.as_dict()}
         if label and label != policy:
             result["daemon_policy"] = policy
@@ -390,6 +429,7 @@ def replay(
         result["learning"] = learning_totals(result["scheduler"])
         result["tasks"] = [
             {
+                "pass": k,
                 "index": o.index,
                 "origin": o.origin,
                 "ran_on": o.target,
@@ -399,11 +439,12 @@ def replay(
                 "reason": o.reason,
                 "decision_us": (o.done_fields.get("placement") or {}).get("decision_us"),
             }
-            for o in outcomes
+            for k, got in enumerate(outcomes)
+            for o in got
         ]
         if kill:
             counts = executions(cluster)
-            ids = [o.task for o in outcomes]
+            ids = [o.task for got in outcomes for o in got]
             result["killed"] = cluster.agents[0].name
             result["killed_at_s"] = trace[-1].at_s * 0.4
             result["restarted_after_s"] = args.restart_after
@@ -413,8 +454,9 @@ def replay(
             result["executed_more_than_once"] = {
                 i: counts[i] for i in ids if len(counts.get(i, [])) > 1
             }
-            result["lost_tasks"] = [o.task for o in outcomes if o.state != "done"]
-            result["lost_errors"] = sorted({o.error or "" for o in outcomes if o.state != "done"})
+            lost = [o for got in outcomes for o in got if o.state != "done"]
+            result["lost_tasks"] = [o.task for o in lost]
+            result["lost_errors"] = sorted({o.error or "" for o in lost})
             result["restart_errors"] = restart_errors
             result["forwarding"] = forwarding_totals(result["scheduler"])
             if result["tasks_lost"] or result["tasks_done_more_than_once"] or restart_errors:
@@ -426,6 +468,7 @@ def replay(
     result["exit_codes"] = codes
     result["timing"] = {**timing, "stop_s": time.monotonic() - stopping}
     result.update(delay_figures(result["tasks"], len(trace)))
+    result.update(pass_figures(result["tasks"], len(trace)))
     # Every decision of the run, pooled over the agents (each task's placement carries its
     # own); with ~13 decisions per agent, one agent's "p99" would be its slowest decision.
     result["decision_us"] = decision_summary(result["tasks"])
@@ -483,7 +526,9 @@ def pooled(replays: list[dict[str, Any]]) -> dict[str, Any]:
     }
     for key in ("count", "done", "lost", "failed", "unknown_target"):
         out[key] = sum(int(r.get(key) or 0) for r in replays)
-    out.update(delay_figures(tasks, max(len(r["tasks"]) for r in replays)))
+    n_trace = max(t["index"] for t in tasks) + 1 if tasks else 0
+    out.update(delay_figures(tasks, n_trace))
+    out.update(pass_figures(tasks, n_trace))
     out["replay_last_over_first_third"] = [r.get("last_over_first_third") for r in replays]
     out["replay_learning"] = [r.get("learning") for r in replays]
     out["learning"] = sum_learning(out["replay_learning"])
@@ -495,7 +540,12 @@ def pooled(replays: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def is_learned(label: str) -> bool:
-    return label.split("-")[0] in LEARNED
+    return label == LAD_PROBES or label.split("-")[0] in LEARNED
+
+
+def is_lad(label: str) -> bool:
+    """A LAD-TS cell: ``lad``, ``lad-scorer`` or ``pod2-lad`` (LAD-TS drawing the probes)."""
+    return label.startswith("lad") or label == LAD_PROBES
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -517,7 +567,7 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         omniscient = next((r["twin_omniscient"] for r in rows if r.get("twin_omniscient")), None)
         if omniscient:
             entry["twin_omniscient_mean_s"] = omniscient["mean_s"]
-        for label in sorted((p for p in by if p.startswith("lad")), key=order_of):
+        for label in sorted((p for p in by if is_lad(p)), key=order_of):
             if "local" in by:
                 entry[f"{label}_over_local"] = by[label] / by["local"]
                 entry[f"{label}_meets_local_target"] = (
@@ -551,6 +601,7 @@ def print_tables(results: list[dict[str, Any]], kill: dict[str, Any] | None, sca
         "p99 delay",
         "/ omni",
         "last/first ⅓",
+        "last/first pass",
         "decide p99",
         "learning",
         "ran on",
@@ -573,6 +624,7 @@ def print_tables(results: list[dict[str, Any]], kill: dict[str, Any] | None, sca
             f"{r.get('p99_s', math.nan):.2f} s",
             "-" if not omni else f"{r['mean_s'] / omni['mean_s']:.2f}",
             f"{r.get('last_over_first_third', math.nan):.2f}",
+            f"{r['last_over_first_pass']:.2f}" if "last_over_first_pass" in r else "-",
             "-" if r["decision_p99_us"] is None else f"{r['decision_p99_us'] / 1000:.2f} ms",
             "-" if not learning else learning_text(learning),
             where,
@@ -587,7 +639,8 @@ def print_tables(results: list[dict[str, Any]], kill: dict[str, Any] | None, sca
     console.print(
         "/ omni: mean delay over the twin's omniscient central scheduler on the same trace (a "
         "model); last/first ⅓: mean delay of the trace's last third of tasks (submit order) "
-        "over its first third's; learning: online training steps, rewards and guard swaps, "
+        "over its first third's; last/first pass: the last replay of the trace on the same "
+        "agents over the first (--passes); learning: online training steps, rewards and guard swaps, "
         "summed over agents and replays"
     )
     for load, entry in ratios(results).items():
@@ -726,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
             "forwarding": supports("peers", "policy"),
             "curve": not args.no_curve,
             "repeats": args.repeats,
+            "passes": args.passes,
         },
         "results": results,
         "ratios": ratios(results),

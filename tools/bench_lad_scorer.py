@@ -33,6 +33,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -177,12 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     args.json.write_text(
         json.dumps(
             {
-                "commands": [
-                    "python tools/bench_lad_scorer.py --tasks 20000 --seeds 3",
-                    "python tools/bench_lad_scorer.py --tasks 20000 --seeds 2 --sizes 1024"
-                    " --loads 0.9 --policies omniscient pod2 soft-greedy lad-scorer"
-                    " lad-scorer-pod2",
-                ],
+                "command": " ".join(["python tools/bench_lad_scorer.py", *(argv or sys.argv[1:])]),
                 "seeds_per_cell": "see each cell's seeds",
                 "scenario": "paper spread, Poisson, uniform origins, 1 s all-to-all gossip, "
                 "2 ms links, first 10 % of tasks left out",

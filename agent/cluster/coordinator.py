@@ -139,6 +139,7 @@ class Cluster:
             warm_start_steps=config.warm_start_steps,
             policy_actions=config.policy_actions,
             lad_actor=config.lad_actor,
+            lad_mode=config.lad_mode,
             explore_epsilon=config.explore_epsilon,
             capacities=lambda: self.capacities_snapshot,  # read on the training thread
             seed=node_seed(core.node),
@@ -162,12 +163,14 @@ class Cluster:
         )
         self.pending = np.zeros(self.n_slots)  # work sent to each peer since its last gossip
         self.sent_work = np.zeros(self.n_slots)  # work sent to each peer since start
-        d = probes_of(config.policy)
+        # lad_mode = "probe": LAD-TS draws whom pod2 probes (the twin's pod2-lad)
+        self.lad_probes = self.host.mode == "probe"
+        d = probes_of(GUARD_CONTROL if self.lad_probes else config.policy)
         self.probing_policy = d > 0
         # tasks the guard drew for its control arm, probed before they are placed
         self.control_tasks: set[str] = set()
-        if not d and self.host.guard is not None:  # the guard's control arm is the best
-            d = probes_of(GUARD_CONTROL)  # heuristic, pod2: its tasks are probed too
+        if self.host.guard is not None:  # the guard's control arm is the best heuristic,
+            d = d or probes_of(GUARD_CONTROL)  # pod2: its tasks are probed too
             self.host.control_name = GUARD_CONTROL
         self.probes = Probes(d, node_seed(core.node)) if d else None
         self.stealing = Stealing(config.work_stealing)  # answers steals even when off
@@ -791,23 +794,37 @@ class Cluster:
         if self.probes is not None and (self.probing_policy or arm == "control"):
             if arm == "control":
                 self.control_tasks.add(task.id)
-            return self._probe(task, avoid, time.time() if now is None else now)
+            lad = self.lad_probes and arm != "control"
+            return self._probe(task, avoid, time.time() if now is None else now, lad)
         started = time.perf_counter()
         spec = self._spec(task)
         state = self.state(avoid, spec.size_mbit)
         decision = self.host.decide(spec, state, task.id, arm=arm)
         return self._placement(decision, spec, started)
 
-    def _probe(self, task: TaskRecord, avoid: set[int], now: float) -> Placement | None:
-        """Send ``probe`` to d random schedulable peers; None while their answers are due."""
+    def _probe(
+        self, task: TaskRecord, avoid: set[int], now: float, lad: bool = False
+    ) -> Placement | None:
+        """Send ``probe`` to d schedulable peers (drawn as ``probe_targets`` says, or from
+        LAD-TS's π when ``lad``); None while their answers are due."""
         assert self.probes is not None
         probes = self.probes
+        drawing = time.perf_counter()
         candidates = [q.slot for q in self.table if self._schedulable(q, avoid)]
-        slots = probes.choose(candidates, self._probe_weights(task, avoid, candidates))
+        view, drawn_by = None, ""
+        if lad:  # the gossip view the scorer draws from; its transition is recorded on it
+            spec = self._spec(task)
+            view = (spec, self.state(avoid, spec.size_mbit))
+            weights, drawn_by = self._lad_probe_weights(task, avoid, candidates, view)
+        else:
+            weights = self._probe_weights(task, avoid, candidates)
+        slots = probes.choose(candidates, weights)
         rtts = [self.table.by_slot[s].rtt_s for s in slots]
         timeout = probe_timeout_s(rtts, self.config.probe_timeout_s)
         sent = {s: float(self.sent_work[s]) for s in slots}
-        rnd, ids = probes.open(task, slots, sent, now, timeout)
+        rnd, ids = probes.open(task, slots, sent, now, timeout, view)
+        rnd.draw_s = time.perf_counter() - drawing  # counted in the decision's time
+        rnd.drawn_by = drawn_by
         for slot, probe_id in ids.items():
             if not self.links.send(slot, p.envelope("probe", probe_id)):
                 probes.unsent(task.id, slot)
@@ -817,17 +834,31 @@ class Cluster:
         return self._round_placement(rnd, now)
 
     def _probe_weights(
-        self, task: TaskRecord, avoid: set[int], candidates: list[int]
+        self, task: TaskRecord, avoid: set[int], candidates: list[int], force: bool = False
     ) -> np.ndarray | None:
         """``probe_targets = "soft-greedy"``: a weight per candidate slot, soft-greedy's π on
         the last gossip (``cluster_state.probe_weights``, as the twin's ``pod2-soft``); None
         (uniform) otherwise, or when the view has no finite estimate. Why: uniform probes miss the fast idle peers at low load; the probe
         replies then give exact backlogs, so the stale view cannot herd the choice."""
-        if self.config.probe_targets != "soft-greedy" or len(candidates) <= self.probes.d:
+        soft = force or self.config.probe_targets == "soft-greedy"
+        if not soft or len(candidates) <= self.probes.d:  # type: ignore[union-attr]
             return None
         spec = self._spec(task)
         finish = estimated_finish_s(spec, self.state(avoid, spec.size_mbit))
         return probe_weights(soft_greedy(finish[None])[0][candidates])
+
+    def _lad_probe_weights(
+        self, task: TaskRecord, avoid: set[int], candidates: list[int], view: tuple[Any, Any]
+    ) -> tuple[np.ndarray | None, str]:
+        """``lad_mode = "probe"``: a weight per candidate slot from the scorer's π on the
+        gossip view (2 % uniform, as ``_probe_weights``), and who drew: soft-greedy when the
+        scorer cannot answer now (warming up, training, an insane view)."""
+        if len(candidates) <= self.probes.d:  # type: ignore[union-attr]
+            return None, "every peer"
+        probs = self.host.probe_probs(*view)
+        if probs is None:
+            return self._probe_weights(task, avoid, candidates, force=True), "soft-greedy"
+        return probe_weights(np.asarray(probs, dtype=np.float64)[candidates]), "LAD-TS"
 
     def _decide_round(self, rnd: Round, now: float) -> list[Effect]:
         """A probe round is complete or past its deadline: place its task now."""
@@ -845,7 +876,7 @@ class Cluster:
         return self.core.placed(rnd.task.id, placement, now)
 
     def _round_placement(self, rnd: Round, now: float) -> Placement:
-        started = time.perf_counter()
+        started = time.perf_counter() - rnd.draw_s  # the decision's time includes the draw
         spec = self._spec(rnd.task)
         state = self.probed_state(rnd, spec.size_mbit)
         if rnd.task.id in self.control_tasks:  # the guard's control arm: pod2's decision
@@ -853,6 +884,8 @@ class Cluster:
             decision = self.host.decide(
                 spec, state, rnd.task.id, arm="control", control=self.host.control_name
             )
+        elif self.lad_probes:  # LAD-TS drew the probes; pod2's choice, recorded for it
+            decision = self.host.decide_probed(spec, state, rnd.task.id, rnd.view)
         else:
             decision = self.host.decide(spec, state, rnd.task.id)
         placement = self._placement(decision, spec, started)
@@ -861,8 +894,10 @@ class Cluster:
             finish = estimated_finish_s(spec, state)
             me, target = self.self_index, int(decision.target)
             where = "here" if target == me else f"on {placement.name or f'slot {target}'}"
+            drawn = f"{rnd.drawn_by} drew probes, " if rnd.drawn_by else ""
             reason = (
-                f"probed {len(rnd.answers)}/{len(rnd.asked)}: est {finish[target]:.2f} s {where}"
+                f"{drawn}probed {len(rnd.answers)}/{len(rnd.asked)}: "
+                f"est {finish[target]:.2f} s {where}"
             )
             if target != me:
                 reason += f" vs here {finish[me]:.2f} s"

@@ -112,6 +112,7 @@ class SchedulerHost:
         seed: int = 0,
         warm_start_steps: int | None = None,  # None: the scheduler's WARM_START_STEPS
         lad_actor: str = "ladn",
+        lad_mode: str = "place",
         policy_actions: str = "sample",
         explore_epsilon: float = 0.02,
         capacities: CapacityProbe | None = None,
@@ -119,6 +120,8 @@ class SchedulerHost:
         """``capacities``: every server's measured speed once known (None until then); a
         fresh learned actor waits up to ``CAPACITY_WAIT_S`` for it before its warm start."""
         self.policy, self.n_servers, self.self_index = policy, n_servers, self_index
+        # "probe": the scorer draws whom to probe; pod2's choice on the probed state places
+        self.mode = lad_mode if policy == "lad" and lad_actor == "scorer" else "place"
         self.save_path = state_dir / "policy.pt"
         # The per-server scorer (scheduler/lad_scorer.py) learns online as the paper's actor
         # does (scheduler/lad_scorer_learning.py).
@@ -155,6 +158,7 @@ class SchedulerHost:
             "rejected_rewards": 0,  # delays not finite and > 0
             "clipped_rewards": 0,  # delays over MAX_REWARD_DELAY_S
             "guard_decisions": 0,  # decided by the guard's control heuristic (or its fallback)
+            "unrecorded_probe_decisions": 0,  # lad_mode = probe: placed, no transition kept
         }
         self.stats = HostStats(stats)
         self._pending_interval = False
@@ -322,6 +326,38 @@ class SchedulerHost:
             placement.target, placement.probs, "greedy", f"{self.policy} {why}: {placement.reason}"
         )
 
+    def probe_probs(self, task: Any, cluster: Any) -> Any:
+        """``lad_mode = "probe"``: the scorer's π on the gossip view ``cluster``, to draw the
+        probed peers from; None when it is warming up, failed or busy training (the caller
+        draws as soft-greedy would: never waits)."""
+        scheduler = self.scheduler
+        if scheduler is None or not self.lock.acquire(blocking=False):
+            return None
+        try:
+            return scheduler.probe_probs(task, cluster)
+        finally:
+            self.lock.release()
+
+    def decide_probed(self, task: Any, probed: Any, task_id: str, view: Any = None) -> Any:
+        """``lad_mode = "probe"``, the learned arm: the earliest estimated finish on the probed
+        state (pod2's decision), recorded for the scorer as its action on ``view`` (the
+        gossip (task, state) it drew the probes from) so that its delay trains it. A busy
+        lock loses that one sample, never a decision."""
+        placement = self.fallback.decide(task, probed)
+        scheduler = self.scheduler
+        recorded = False
+        learning = view is not None and scheduler is not None and self.learn
+        if learning and self.lock.acquire(blocking=False):
+            try:
+                recorded = scheduler.record(task_id, *view, int(placement.target))
+            finally:
+                self.lock.release()
+        if self.learn and not recorded:
+            self.stats["unrecorded_probe_decisions"] += 1
+        if placement.reason.startswith("state rejected"):
+            return placement  # greedy on the sanitised state, labelled so
+        return type(placement)(placement.target, placement.probs, self.policy, placement.reason)
+
     def start_interval(self) -> None:
         self._pending_interval = True  # applied under the lock by the next decision
 
@@ -486,6 +522,7 @@ class SchedulerHost:
         return {
             "policy": self.policy,
             "actor": self._kwargs.get("actor", "ladn") if self.policy == "lad" else None,
+            "mode": self.mode if self.policy == "lad" else None,
             "learn": self.learn,
             "guard": (
                 {**self.guard.status(), "control": self.control_name}

@@ -41,6 +41,9 @@ class Round:
     work_at_send: dict[int, float]  # work this agent had forwarded to each slot by then
     answers: dict[int, dict[str, Any]] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)  # slot -> why it is masked
+    view: Any = None  # lad_mode = probe: the gossip (task, state) LAD-TS drew the probes on
+    draw_s: float = 0.0  # time spent choosing whom to probe (part of the decision's time)
+    drawn_by: str = ""  # lad_mode = probe: LAD-TS, or soft-greedy when it could not answer
 
     @property
     def complete(self) -> bool:
@@ -83,10 +86,11 @@ class Probes:
         work_at_send: dict[int, float],
         now: float,
         timeout_s: float,
+        view: Any = None,
     ) -> tuple[Round, dict[int, str]]:
         """Start a round for ``task``; returns it and the probe id to send to each slot."""
         self.close(task.id)  # a re-dispatch while an older round is open starts afresh
-        rnd = Round(task, now, now + timeout_s, list(slots), dict(work_at_send))
+        rnd = Round(task, now, now + timeout_s, list(slots), dict(work_at_send), view=view)
         self.rounds[task.id] = rnd
         ids: dict[int, str] = {}
         for slot in slots:

@@ -303,6 +303,17 @@ KEYS: tuple[Key, ...] = (
         _one_of("ladn", "scorer"),
     ),
     Key(
+        "lad_mode",
+        str,
+        "place",
+        "what policy = lad (with lad_actor = scorer) decides: place (the server each task runs "
+        "on, from the last gossip: the paper's way) or probe (which 2 peers to ask for their "
+        "load now, drawn from LAD-TS's π on the gossip; the earliest estimated finish among "
+        "them and here then places the task, as pod2 does, and LAD-TS learns from those "
+        "placements' delays: the twin's pod2-lad, docs/results_cluster.md, Informed probes)",
+        _one_of("place", "probe"),
+    ),
+    Key(
         "explore_epsilon",
         float,
         0.02,
@@ -426,6 +437,7 @@ class AgentConfig:
     policy_checkpoint: str = ""
     policy_actions: str = "sample"
     lad_actor: str = "ladn"
+    lad_mode: str = "place"
     explore_epsilon: float = 0.02
     train_steps_per_s: float = 2.0
     learn_warmup: int = 300
@@ -514,6 +526,12 @@ def build_config(values: Mapping[str, Any], source: str = "defaults") -> AgentCo
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     config = replace(AgentConfig(), source=source, **checked)
+    if config.lad_mode == "probe" and (config.policy != "lad" or config.lad_actor != "scorer"):
+        raise ConfigError(
+            f'{source}: `lad_mode = "probe"` needs `policy = "lad"` and `lad_actor = "scorer"` '
+            f"(here policy = {config.policy!r}, lad_actor = {config.lad_actor!r}); pod2 alone "
+            'draws its probes with soft-greedy (probe_targets = "soft-greedy")'
+        )
     check_endpoint(config.endpoint, config.insecure, config.curve)
     return config
 

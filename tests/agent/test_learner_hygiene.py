@@ -61,7 +61,7 @@ def test_rewards_come_only_from_sane_delays_of_finished_tasks(tmp_path: Path) ->
     assert status["rewards"] == 2 and status["clipped_rewards"] == 1
     assert status["rejected_rewards"] == 2 and status["abandoned"] == 3
     learned = host.scheduler._learned
-    assert learned.buffered == 2 and not learned._pending.keys() - {"next"}
+    assert learned.buffered == 2 and not learned.transitions.pending.keys() - {"next"}
     replay = learned.learner.replay
     lo, _ = replay._columns["r"]
     rewards = sorted(float(r) for r in replay.storage[0, :2, lo])

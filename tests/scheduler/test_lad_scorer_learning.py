@@ -14,11 +14,11 @@ from dedgeai.scheduler.config import LearnConfig
 from dedgeai.scheduler.errors import CheckpointError, CorruptCheckpointError
 from dedgeai.scheduler.lad_scorer import DEFAULT_CHECKPOINT, LADScorer, synthetic
 from dedgeai.scheduler.lad_scorer_learning import (
-    DelayedTransitions,
     ScorerLearning,
     raw_state,
 )
 from dedgeai.scheduler.online import ClusterScheduler, ClusterState, TaskSpec
+from dedgeai.scheduler.transitions import DelayedTransitions
 
 WARM_STEPS = 150  # the actor's clone and the critics' fit: short, seeded
 
@@ -79,23 +79,23 @@ def test_critics_start_at_the_teachers_estimated_finish(warm: Path) -> None:
 
 def test_delayed_rewards_follow_the_online_policy_rules() -> None:
     rng = np.random.default_rng(1)
-    pending = DelayedTransitions()
+    pending = DelayedTransitions()  # the scorer's (scheduler/transitions.py)
     task = TaskSpec(10.0, 0.01)
     states = [raw_state(task, _state(rng)) for _ in range(4)]
-    pending.record("a", states[0], 1)
+    pending.record("a", {"s": states[0], "a": np.int64(1)}, {"s2": states[0]})
     assert pending.complete("a", 2.0) and not pending.ready  # no next state yet
-    pending.record("b", states[1], 2)
+    pending.record("b", {"s": states[1], "a": np.int64(2)}, {"s2": states[1]})
     assert len(pending.ready) == 1
     entry = pending.ready[0]
     assert entry["a"] == 1 and entry["delay"] == np.float32(2.0)
     assert entry["s2"] is states[1]  # the next decision's state
     assert not pending.complete("nope", 1.0)
     assert not pending.complete("b", float("nan")) and "b" not in pending.pending
-    pending.record("c", states[2], 0)
+    pending.record("c", {"s": states[2], "a": np.int64(0)}, {"s2": states[2]})
     assert pending.abandon("c") and not pending.abandon("c")
-    pending.record("d", states[3], 0)
+    pending.record("d", {"s": states[3], "a": np.int64(0)}, {"s2": states[3]})
     bad = dict(states[0], backlog=np.full(8, np.inf, dtype=np.float32))
-    pending.record("e", bad, 0)
+    pending.record("e", {"s": bad, "a": np.int64(0)}, {"s2": bad})
     assert pending.complete("d", 1.0)  # its s2 holds inf: dropped, counted
     assert pending.dropped == 1 and len(pending.ready) == 1
 
@@ -306,3 +306,17 @@ def test_a_learning_scorer_takes_an_agents_64_bit_node_seed(seed: int) -> None:
         "lad", 8, 0, seed=seed, actor="scorer", learn=True, learn_config=pacing
     )
     assert scheduler.learns is True
+
+
+def test_pending_decisions_are_bounded_and_rewards_shaped_per_learner() -> None:
+    # The paper's actor keeps r = −delay / 10 s (policy.OnlinePolicy); the oldest pending
+    # decision goes first when a learner never hears of its tasks.
+    pending = DelayedTransitions("r", lambda delay: np.float32(-delay / 10.0), max_pending=2)
+    for k, task_id in enumerate("abc"):
+        state = np.full(3, float(k), dtype=np.float32)
+        pending.record(task_id, {"s": state, "a": np.float32(k)}, {"s2": state})
+    assert list(pending.pending) == ["b", "c"] and not pending.complete("a", 1.0)
+    assert pending.complete("b", 4.0)
+    assert pending.ready[0]["r"] == np.float32(-0.4) and pending.ready[0]["s2"][0] == 2.0
+    assert pending.complete("c", 3e40) and len(pending.ready) == 1  # no next state yet
+    assert pending.pending["c"]["r"] == -np.inf  # beyond float32: dropped once complete

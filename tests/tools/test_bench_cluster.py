@@ -139,3 +139,39 @@ def test_twin_omniscient_on_a_trace_is_no_faster_than_the_fastest_box(bench: Mod
     assert found["mean_s"] >= sum(a.steps for a in trace) / len(trace) / fastest
     args.omniscient_seeds = 0
     assert bench.twin_omniscient(trace, args) is None
+
+
+def test_pod2_cells_name_where_their_probes_go(bench: ModuleType) -> None:
+    args = bench.parse_args(["--policies", "pod2", "pod2-soft", "pod2-lad", "--learn-warmup", "8"])
+    assert bench.cells_of(args) == [
+        ("pod2", "pod2", None),
+        ("pod2-soft", "pod2", "soft-greedy"),
+        ("pod2-lad", "lad", "scorer+probe"),
+    ]
+    config = bench.learned_config("lad", "scorer+probe", args)
+    assert config == {"lad_actor": "scorer", "lad_mode": "probe", "learn_warmup": 8}
+    common = bench.common_config("pod2", args, None)  # the twin's pod2: uniform probes
+    assert common["probe_targets"] == "uniform"
+    assert bench.common_config("pod2", args, "soft-greedy")["probe_targets"] == "soft-greedy"
+    assert bench.common_config("lad", args, "scorer+probe")["lad_mode"] == "probe"
+    results = [
+        {"load": 0.6, "policy": p, "mean_s": m, "twin_omniscient": {"mean_s": 1.0}}
+        for p, m in (("pod2-lad", 1.05), ("pod2-soft", 1.1), ("pod2", 1.2))
+    ]
+    entry = bench.ratios(results)["0.6"]
+    assert entry["best_heuristic"] == "pod2-soft"  # pod2-lad is LAD-TS, not a heuristic
+    assert entry["pod2-lad_meets_best_target"] is True
+    assert entry["pod2-lad_over_omniscient"] == pytest.approx(1.05)
+
+
+def test_passes_compare_the_same_trace_replayed_on_the_same_agents(bench: ModuleType) -> None:
+    assert bench.parse_args(["--passes", "3"]).passes == 3
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--passes", "0"])
+    tasks = [
+        {"pass": k, "index": i, "delay_s": d} for k, d in ((0, 2.0), (1, 1.5)) for i in range(6)
+    ]
+    figures = bench.pass_figures(tasks, 6)
+    assert [f["mean_s"] for f in figures["passes"]] == [2.0, 1.5]
+    assert figures["last_over_first_pass"] == pytest.approx(0.75)
+    assert bench.pass_figures([t for t in tasks if t["pass"] == 0], 6) == {}
