@@ -88,9 +88,10 @@ def test_pod2_places_every_task_on_probed_state_and_peers_answer(
 def test_informed_probes_find_the_fast_peer_that_uniform_probes_miss_a_third_of_the_time(
     cluster_factory: Any,
 ) -> None:
-    # Three peers, one 20 x faster: uniform probes (d = 2) skip it in 1 of 3 rounds, so all 8
-    # rounds probe it with chance (2/3)^8 = 4 %; drawn from soft-greedy's choice on gossip,
-    # it is probed in every round but about 1 in 4,000.
+    # Three peers, one 20 x faster: uniform probes (d = 2) skip it in 1 of 3 rounds, so 15 or
+    # more of 16 rounds probe it with chance 1.4 %; drawn from soft-greedy's choice on gossip,
+    # it is probed in every round but about 1 in 4,000. One round is let go: on a loaded
+    # machine a late gossip can leave the fast peer out of one draw's candidates.
     a, *_, fast = cluster_factory(
         {"emulated_steps_per_second": 20.0, "probe_targets": "soft-greedy"},
         {"emulated_steps_per_second": 20.0},
@@ -101,15 +102,16 @@ def test_informed_probes_find_the_fast_peer_that_uniform_probes_miss_a_third_of_
     )
     wait_capacity_known(a)
     with a.client() as client:
-        tasks = [client.submit(REQUEST, wait=False).get("task") for _ in range(8)]
+        tasks = [client.submit(REQUEST, wait=False).get("task") for _ in range(16)]
     wait_for(lambda: _all_done(a, tasks), 30.0, "every task done at the origin")
     fast_slot = next(
         s["slot"] for s in cluster_view(a)["servers"] if s["endpoint"] == fast.endpoint
     )
-    for row in _placements(a, tasks).values():
-        assert row["placement"]["policy"] == "pod2"
-        assert fast_slot in row["placement"]["probed"], row["placement"]
-    assert cluster_view(fast)["probes"]["served"] == 8
+    rows = _placements(a, tasks).values()
+    assert all(row["placement"]["policy"] == "pod2" for row in rows)
+    missed = [row["placement"] for row in rows if fast_slot not in row["placement"]["probed"]]
+    assert len(missed) <= 1, missed
+    assert cluster_view(fast)["probes"]["served"] == 16 - len(missed)
 
 
 def test_probe_from_a_non_peer_is_forbidden(agent_factory: Any, raw_peer: Any) -> None:
