@@ -163,7 +163,7 @@ class InformedProbes(PowerOfD):
         else:
             finish = estimated_finish_s(twin.task_spec(task), twin.view_state(origin, task, now))
             probs = soft_greedy(finish[None], self.source.temperature)[0]
-        weights = probe_weights(probs[known])  # the daemon's (Cluster._probe_weights)
+        weights = probe_weights(probs[known])  # the daemon's (Cluster._probe_draw)
         if weights is None:  # no view yet: uniform, as pod2
             weights = np.full(known.size, 1.0 / known.size)
         return self.rng.choice(known, size=d, replace=False, p=weights / weights.sum())

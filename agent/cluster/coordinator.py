@@ -811,20 +811,14 @@ class Cluster:
         probes = self.probes
         drawing = time.perf_counter()
         candidates = [q.slot for q in self.table if self._schedulable(q, avoid)]
-        view, drawn_by = None, ""
-        if lad:  # the gossip view the scorer draws from; its transition is recorded on it
-            spec = self._spec(task)
-            view = (spec, self.state(avoid, spec.size_mbit))
-            weights, drawn_by = self._lad_probe_weights(task, avoid, candidates, view)
-        else:
-            weights = self._probe_weights(task, avoid, candidates)
+        weights, view, drawn_by = self._probe_draw(task, avoid, candidates, lad)
         slots = probes.choose(candidates, weights)
         rtts = [self.table.by_slot[s].rtt_s for s in slots]
         timeout = probe_timeout_s(rtts, self.config.probe_timeout_s)
         sent = {s: float(self.sent_work[s]) for s in slots}
-        rnd, ids = probes.open(task, slots, sent, now, timeout, view)
+        rnd, ids = probes.open(task, slots, sent, now, timeout)
+        rnd.view, rnd.drawn_by = view, drawn_by
         rnd.draw_s = time.perf_counter() - drawing  # counted in the decision's time
-        rnd.drawn_by = drawn_by
         for slot, probe_id in ids.items():
             if not self.links.send(slot, p.envelope("probe", probe_id)):
                 probes.unsent(task.id, slot)
@@ -833,32 +827,33 @@ class Cluster:
         probes.close(task.id)  # not one probe left: decide now, on what is left (here)
         return self._round_placement(rnd, now)
 
-    def _probe_weights(
-        self, task: TaskRecord, avoid: set[int], candidates: list[int], force: bool = False
-    ) -> np.ndarray | None:
-        """``probe_targets = "soft-greedy"``: a weight per candidate slot, soft-greedy's π on
-        the last gossip (``cluster_state.probe_weights``, as the twin's ``pod2-soft``); None
-        (uniform) otherwise, or when the view has no finite estimate. Why: uniform probes miss the fast idle peers at low load; the probe
-        replies then give exact backlogs, so the stale view cannot herd the choice."""
-        soft = force or self.config.probe_targets == "soft-greedy"
-        if not soft or len(candidates) <= self.probes.d:  # type: ignore[union-attr]
-            return None
-        spec = self._spec(task)
-        finish = estimated_finish_s(spec, self.state(avoid, spec.size_mbit))
-        return probe_weights(soft_greedy(finish[None])[0][candidates])
+    def _probe_draw(
+        self, task: TaskRecord, avoid: set[int], candidates: list[int], lad: bool
+    ) -> tuple[np.ndarray | None, tuple[TaskSpec, ClusterState] | None, str]:
+        """Whom to probe: a weight per candidate slot (None: uniform), the gossip view
+        ``(spec, state)`` LAD-TS drew on (``lad``: its transition is recorded on it), and
+        who drew.
 
-    def _lad_probe_weights(
-        self, task: TaskRecord, avoid: set[int], candidates: list[int], view: tuple[Any, Any]
-    ) -> tuple[np.ndarray | None, str]:
-        """``lad_mode = "probe"``: a weight per candidate slot from the scorer's π on the
-        gossip view (2 % uniform, as ``_probe_weights``), and who drew: soft-greedy when the
-        scorer cannot answer now (warming up, training, an insane view)."""
-        if len(candidates) <= self.probes.d:  # type: ignore[union-attr]
-            return None, "every peer"
-        probs = self.host.probe_probs(*view)
+        ``lad`` (``lad_mode = "probe"``): the scorer's π on the last gossip; soft-greedy's
+        when it cannot answer now (warming up, a training step, an insane view).
+        ``probe_targets = "soft-greedy"``: soft-greedy's π (the twin's ``pod2-soft``).
+        Either way 2 % of the draw stays uniform (``cluster_state.probe_weights``). Why:
+        uniform probes miss the fast idle peers at low load; the probe replies then give
+        exact backlogs, so the stale view cannot herd the choice."""
+        assert self.probes is not None
+        draw = len(candidates) > self.probes.d  # else every candidate is probed
+        if not lad and not (draw and self.config.probe_targets == "soft-greedy"):
+            return None, None, ""
+        spec = self._spec(task)
+        view = (spec, self.state(avoid, spec.size_mbit))
+        if not draw:
+            return None, view, "every peer"
+        probs = self.host.probe_probs(*view) if lad else None
+        drawn_by = "LAD-TS" if probs is not None else ("soft-greedy" if lad else "")
         if probs is None:
-            return self._probe_weights(task, avoid, candidates, force=True), "soft-greedy"
-        return probe_weights(np.asarray(probs, dtype=np.float64)[candidates]), "LAD-TS"
+            probs = soft_greedy(estimated_finish_s(*view)[None])[0]
+        weights = probe_weights(np.asarray(probs, dtype=np.float64)[candidates])
+        return weights, view if lad else None, drawn_by
 
     def _decide_round(self, rnd: Round, now: float) -> list[Effect]:
         """A probe round is complete or past its deadline: place its task now."""

@@ -343,6 +343,7 @@ class SchedulerHost:
         state (pod2's decision), recorded for the scorer as its action on ``view`` (the
         gossip (task, state) it drew the probes from) so that its delay trains it. A busy
         lock loses that one sample, never a decision."""
+        insane = self.fallback.insane_states
         placement = self.fallback.decide(task, probed)
         scheduler = self.scheduler
         recorded = False
@@ -354,7 +355,7 @@ class SchedulerHost:
                 self.lock.release()
         if self.learn and not recorded:
             self.stats["unrecorded_probe_decisions"] += 1
-        if placement.reason.startswith("state rejected"):
+        if self.fallback.insane_states > insane:
             return placement  # greedy on the sanitised state, labelled so
         return type(placement)(placement.target, placement.probs, self.policy, placement.reason)
 

@@ -86,11 +86,10 @@ class Probes:
         work_at_send: dict[int, float],
         now: float,
         timeout_s: float,
-        view: Any = None,
     ) -> tuple[Round, dict[int, str]]:
         """Start a round for ``task``; returns it and the probe id to send to each slot."""
         self.close(task.id)  # a re-dispatch while an older round is open starts afresh
-        rnd = Round(task, now, now + timeout_s, list(slots), dict(work_at_send), view=view)
+        rnd = Round(task, now, now + timeout_s, list(slots), dict(work_at_send))
         self.rounds[task.id] = rnd
         ids: dict[int, str] = {}
         for slot in slots:
